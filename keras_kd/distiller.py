@@ -1,0 +1,476 @@
+"""`Distiller`: a frozen teacher supervises a student through `fit`."""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_kd import taps
+from keras_kd.losses.base import as_float, check_number
+from keras_kd.losses.logits import LogitsDistillation
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class Distiller(keras.Model):
+    """Trains `student` to match a frozen `teacher` and the labels.
+
+    A drop-in for `keras.distillation.Distiller` (same arguments, same
+    meaning) with the defects of Keras's version fixed: each model runs once
+    per step, the teacher in inference mode outside the gradient tape; the
+    objective honours `sample_weight` and the student's regularization
+    losses, is scaled correctly across `tf.distribute` replicas and under
+    mixed precision; every weight and temperature is a `keras.Variable` that
+    callbacks may change; a saved Distiller reloads ready to `evaluate` and
+    `fit`.
+
+    The objective of one step is
+
+        student_loss_weight * loss(y, student(x), sample_weight)
+        + (1 - student_loss_weight) * sum_i w_i * distillation_losses[i]
+        + sum(student.losses)
+
+    where `loss` is the one given to `compile`. `sample_weight` weighs the
+    hard-label loss. `call` and `predict` are the student's.
+
+    Logged each step: `loss`, `student_loss`, `distillation_loss`, one entry
+    per distillation term when there are several (under its `name`), and the
+    compiled metrics on the student's predictions.
+
+    Args:
+        teacher: a trained `keras.Model`. It is frozen (`trainable=False`)
+            and always run with `training=False`.
+        student: the `keras.Model` to train; after `fit`, `distiller.student`
+            is the trained model.
+        distillation_losses: a `DistillationLoss` or a list of them. Defaults
+            to `LogitsDistillation()`.
+        distillation_loss_weights: one weight per distillation loss; defaults
+            to 1.0 each.
+        student_loss_weight: weight in [0, 1] of the hard-label loss. With 0,
+            labels are optional: a dataset of inputs alone trains the student.
+        name: the model's name.
+        **kwargs: passed to `keras.Model`.
+
+    Raises:
+        ValueError: if a model is not a `keras.Model`, a weight is out of
+            range, the number of weights differs from the number of losses,
+            a loss is incompatible with the models or does not return a
+            scalar.
+
+    Example:
+
+    ```python
+    distiller = keras_kd.Distiller(
+        teacher=teacher, student=student,
+        distillation_losses=keras_kd.LogitsDistillation(temperature=4.0),
+        student_loss_weight=0.1)
+    distiller.compile(optimizer="adam",
+                      loss=keras.losses.SparseCategoricalCrossentropy(
+                          from_logits=True),
+                      metrics=["accuracy"])
+    distiller.fit(x_train, y_train, epochs=10)
+    distiller.student.save("student.keras")
+    ```
+
+    Reference:
+        Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural
+        Network", arXiv:1503.02531, 2015.
+    """
+
+    def __init__(
+        self,
+        teacher,
+        student,
+        distillation_losses=None,
+        distillation_loss_weights=None,
+        student_loss_weight=0.5,
+        name="distiller",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        _check_model(teacher, "teacher")
+        _check_model(student, "student")
+        _check_same_inputs(teacher, student)
+        losses = _as_loss_list(distillation_losses)
+        weights = _as_weight_list(distillation_loss_weights, len(losses))
+        for loss in losses:
+            loss.validate_model_compatibility(teacher, student)
+
+        self.teacher = teacher
+        self.teacher.trainable = False
+        self.student = student
+        self.distillation_losses = losses
+        self.term_names = _unique_names([loss.name for loss in losses])
+        self.student_loss_weight = _hyperparameter(
+            check_number(
+                student_loss_weight, "student_loss_weight", 0.0, 1.0
+            ),
+            "student_loss_weight",
+        )
+        self.distillation_loss_weights = [
+            _hyperparameter(weight, f"{term}_weight")
+            for weight, term in zip(weights, self.term_names)
+        ]
+        self.loss_hyperparameters = _make_schedulable(losses, self.term_names)
+
+        self._teacher_view = taps.ModelView(
+            teacher, _layer_paths(losses, "teacher_layer_name")
+        )
+        self._student_view = taps.ModelView(
+            student, _layer_paths(losses, "student_layer_name")
+        )
+        self._student_loss_metric = keras.metrics.Mean(name="student_loss")
+        self._distillation_loss_metric = keras.metrics.Mean(
+            name="distillation_loss"
+        )
+        self._term_metrics = (
+            [keras.metrics.Mean(name=term) for term in self.term_names]
+            if len(losses) > 1
+            else []
+        )
+        self._check_terms_are_scalars()
+        # Sub-models are built: marking the Distiller built lets `.keras`
+        # loading restore the optimizer state and BackupAndRestore run.
+        self.built = True
+
+    # ------------------------------------------------------------------ API
+
+    def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
+        """Configures the student's hard-label loss, metrics and optimizer.
+
+        Args:
+            optimizer: the student's optimizer.
+            loss: the hard-label loss `loss(y, student(x))`. Required unless
+                `student_loss_weight == 0`.
+            metrics: metrics of the student's predictions against `y`.
+            **kwargs: passed to `keras.Model.compile`.
+
+        Raises:
+            ValueError: if `loss` is missing while `student_loss_weight > 0`.
+        """
+        weight = as_float(self.student_loss_weight)
+        if loss is None and weight > 0:
+            raise ValueError(
+                f"Distiller.compile() received loss=None, but "
+                f"student_loss_weight={weight} > 0 needs a hard-label loss. "
+                f"Pass the loss your labels need, e.g. loss=keras.losses."
+                f"SparseCategoricalCrossentropy(from_logits=True), or build "
+                f"the Distiller with student_loss_weight=0.0 to learn from "
+                f"the teacher alone."
+            )
+        super().compile(
+            optimizer=optimizer, loss=loss, metrics=metrics, **kwargs
+        )
+
+    def compile_from_config(self, config):
+        """Re-compiles a loaded Distiller, optimizer state included."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        self.optimizer.build(self.trainable_variables)
+
+    def call(self, inputs, training=None):
+        return self.student(inputs, training=training)
+
+    # ----------------------------------------------------------------- step
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        teacher_outputs = self._teacher_view(x, training=False)
+        with tf.GradientTape() as tape:
+            student_outputs = self._student_view(x, training=True)
+            terms = self._objective(
+                y, sample_weight, teacher_outputs, student_outputs
+            )
+            # apply_gradients sums over replicas: each replica contributes
+            # its share of the global mean.
+            loss = terms["loss"] / _num_replicas()
+            loss = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        gradients = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return self._update_metrics(
+            terms, x, y, student_outputs[taps.OUTPUT], sample_weight
+        )
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        teacher_outputs = self._teacher_view(x, training=False)
+        student_outputs = self._student_view(x, training=False)
+        terms = self._objective(
+            y, sample_weight, teacher_outputs, student_outputs
+        )
+        return self._update_metrics(
+            terms, x, y, student_outputs[taps.OUTPUT], sample_weight
+        )
+
+    def _objective(self, y, sample_weight, teacher_outputs, student_outputs):
+        """Every term of the objective, per replica, before any scaling."""
+        weight = ops.cast(self.student_loss_weight, "float32")
+        terms = {"student_loss": ops.zeros((), "float32")}
+        if y is not None and self._compile_loss is not None:
+            value = self._compile_loss(
+                y, student_outputs[taps.OUTPUT], sample_weight
+            )
+            # keras.losses.Loss divides by the replica count; undo it here so
+            # that every term is a plain per-replica mean.
+            terms["student_loss"] = ops.cast(value, "float32") * _num_replicas()
+        elif y is None and _traced_value(self.student_loss_weight) > 0:
+            raise ValueError(
+                f"The data has no labels, but student_loss_weight="
+                f"{_traced_value(self.student_loss_weight)} > 0 needs them. Yield "
+                f"(x, y) batches, or build the Distiller with "
+                f"student_loss_weight=0.0 to learn from the teacher alone."
+            )
+        distillation = ops.zeros((), "float32")
+        for loss, term, loss_weight in zip(
+            self.distillation_losses,
+            self.term_names,
+            self.distillation_loss_weights,
+        ):
+            value = self._term(loss, term, teacher_outputs, student_outputs)
+            terms[term] = value
+            distillation = distillation + ops.cast(loss_weight, "float32") * value
+        terms["distillation_loss"] = distillation
+        regularization = [
+            ops.cast(ops.sum(value), "float32") for value in self.student.losses
+        ]
+        terms["loss"] = (
+            weight * terms["student_loss"]
+            + (1.0 - weight) * distillation
+            + (ops.sum(ops.stack(regularization)) if regularization else 0.0)
+        )
+        return terms
+
+    def _term(self, loss, term, teacher_outputs, student_outputs):
+        teacher = _select(teacher_outputs, loss, "teacher_layer_name")
+        student = _select(student_outputs, loss, "student_layer_name")
+        loss.validate_outputs(teacher, student)
+        value = loss.compute_loss(teacher, student)
+        _check_scalar(value, loss, term)
+        return ops.cast(value, "float32")
+
+    def _update_metrics(self, terms, x, y, y_pred, sample_weight):
+        batch_size = ops.cast(ops.shape(keras.tree.flatten(x)[0])[0], "float32")
+        self._loss_tracker.update_state(terms["loss"], sample_weight=batch_size)
+        self._student_loss_metric.update_state(
+            terms["student_loss"], sample_weight=batch_size
+        )
+        self._distillation_loss_metric.update_state(
+            terms["distillation_loss"], sample_weight=batch_size
+        )
+        for metric in self._term_metrics:
+            metric.update_state(terms[metric.name], sample_weight=batch_size)
+        if y is not None and self._compile_metrics is not None:
+            self._compile_metrics.update_state(y, y_pred, sample_weight)
+        return self.get_metrics_result()
+
+    # ----------------------------------------------------------- validation
+
+    def _check_terms_are_scalars(self):
+        """Runs every loss once on symbolic outputs, so errors surface now."""
+        teacher_spec = self._teacher_view.output_spec()
+        student_spec = self._student_view.output_spec()
+        if teacher_spec is None or student_spec is None:
+            return  # Subclassed model: checked when the step is traced.
+        for loss, term in zip(self.distillation_losses, self.term_names):
+            teacher = _select(teacher_spec, loss, "teacher_layer_name")
+            student = _select(student_spec, loss, "student_layer_name")
+            try:
+                function = tf.function(
+                    lambda t, s, loss=loss: loss.compute_loss(t, s)
+                )
+                value = function.get_concrete_function(
+                    teacher, student
+                ).structured_outputs
+            except Exception as error:  # noqa: BLE001 - re-raised with context
+                raise ValueError(
+                    f"Distillation loss '{term}' ({type(loss).__name__}) "
+                    f"failed on the teacher output "
+                    f"{keras.tree.map_structure(lambda s: s.shape, teacher)} "
+                    f"and student output "
+                    f"{keras.tree.map_structure(lambda s: s.shape, student)}: "
+                    f"{error}"
+                ) from error
+            _check_scalar(value, loss, term)
+
+    # --------------------------------------------------------------- config
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            teacher=_serialize_model(self.teacher),
+            student=_serialize_model(self.student),
+            distillation_losses=[
+                keras.saving.serialize_keras_object(loss)
+                for loss in self.distillation_losses
+            ],
+            distillation_loss_weights=[
+                as_float(w) for w in self.distillation_loss_weights
+            ],
+            student_loss_weight=as_float(self.student_loss_weight),
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("teacher", "student"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        config["distillation_losses"] = [
+            keras.saving.deserialize_keras_object(loss)
+            for loss in config["distillation_losses"]
+        ]
+        return cls(**config)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _serialize_model(model):
+    """A sub-model's config without its own compile state: the Distiller's
+    optimizer is the one that trains the student."""
+    config = keras.saving.serialize_keras_object(model)
+    config.pop("compile_config", None)
+    return config
+
+
+def _num_replicas():
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _traced_value(variable):
+    """A variable's current value as a float, also while a step is traced."""
+    with tf.init_scope():
+        return as_float(variable)
+
+
+def _hyperparameter(value, name):
+    return keras.Variable(
+        float(value), dtype="float32", trainable=False, name=name
+    )
+
+
+def _make_schedulable(losses, term_names):
+    """Turns each loss's schedulable numbers into Distiller-owned variables."""
+    variables = []
+    for loss, term in zip(losses, term_names):
+        for attribute in getattr(loss, "schedulable", ()):
+            variable = _hyperparameter(
+                as_float(getattr(loss, attribute)), f"{term}_{attribute}"
+            )
+            setattr(loss, attribute, variable)
+            variables.append(variable)
+    return variables
+
+
+def _check_model(model, argument):
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"`{argument}` must be a keras.Model, but received "
+            f"{type(model).__name__}: {model!r}. Wrap your network in a "
+            f"keras.Model (Functional, Sequential or a subclass)."
+        )
+
+
+def _check_same_inputs(teacher, student):
+    teacher_shapes = _input_shapes(teacher)
+    student_shapes = _input_shapes(student)
+    if teacher_shapes is None or student_shapes is None:
+        return
+    if len(teacher_shapes) != len(student_shapes) or not all(
+        _compatible(t, s) for t, s in zip(teacher_shapes, student_shapes)
+    ):
+        raise ValueError(
+            f"Teacher and student receive the same batches, but the teacher "
+            f"takes inputs of shape {teacher_shapes} and the student "
+            f"{student_shapes} (batch axis left out). Build both models on "
+            f"the same input shape."
+        )
+
+
+def _input_shapes(model):
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    return [tuple(i.shape[1:]) for i in inputs] if inputs else None
+
+
+def _compatible(shape_a, shape_b):
+    return len(shape_a) == len(shape_b) and all(
+        a is None or b is None or a == b for a, b in zip(shape_a, shape_b)
+    )
+
+
+def _as_loss_list(distillation_losses):
+    if distillation_losses is None:
+        return [LogitsDistillation()]
+    losses = (
+        list(distillation_losses)
+        if isinstance(distillation_losses, (list, tuple))
+        else [distillation_losses]
+    )
+    if not losses:
+        raise ValueError(
+            "`distillation_losses` is an empty list. Pass at least one "
+            "loss, e.g. keras_kd.LogitsDistillation(), or leave it out for "
+            "the default logit distillation."
+        )
+    for loss in losses:
+        if not callable(getattr(loss, "compute_loss", None)):
+            raise ValueError(
+                f"Each distillation loss must have a compute_loss() method "
+                f"(a keras_kd.DistillationLoss), but received "
+                f"{type(loss).__name__}: {loss!r}. Use e.g. "
+                f"keras_kd.LogitsDistillation()."
+            )
+    return losses
+
+
+def _as_weight_list(weights, count):
+    if weights is None:
+        return [1.0] * count
+    if not isinstance(weights, (list, tuple)):
+        weights = [weights]
+    if len(weights) != count:
+        raise ValueError(
+            f"`distillation_loss_weights` has {len(weights)} entries but "
+            f"there are {count} distillation losses. Pass one weight per "
+            f"loss, in the same order."
+        )
+    return [
+        check_number(w, f"distillation_loss_weights[{i}]", minimum=0.0)
+        for i, w in enumerate(weights)
+    ]
+
+
+def _unique_names(names):
+    unique = []
+    for name in names:
+        candidate, index = name, 0
+        while candidate in unique:
+            index += 1
+            candidate = f"{name}_{index}"
+        unique.append(candidate)
+    return unique
+
+
+def _layer_paths(losses, attribute):
+    return [getattr(l, attribute) for l in losses if getattr(l, attribute, None)]
+
+
+def _select(outputs, loss, attribute):
+    """The output a loss reads: a tapped layer, logits or the final output."""
+    path = getattr(loss, attribute, None)
+    if path:
+        return outputs[path]
+    return outputs[
+        taps.LOGITS if getattr(loss, "expects_logits", False) else taps.OUTPUT
+    ]
+
+
+def _check_scalar(value, loss, term):
+    shape = tuple(getattr(value, "shape", ()))
+    if shape:
+        raise ValueError(
+            f"Distillation loss '{term}' ({type(loss).__name__}) returned a "
+            f"tensor of shape {shape}, but compute_loss() must return a "
+            f"scalar. Reduce it, e.g. with keras.ops.mean(...)."
+        )

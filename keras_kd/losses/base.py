@@ -1,0 +1,142 @@
+"""`DistillationLoss`: the protocol every keras_kd distillation loss follows."""
+
+import re
+
+import keras
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class DistillationLoss:
+    """Base class of a term of the distillation objective.
+
+    A loss says which outputs it compares and how. The `Distiller` runs each
+    model once per step, hands every loss the outputs it asked for, and adds
+    `weight * compute_loss(...)` to the objective.
+
+    The protocol is `keras.distillation.DistillationLoss`'s, so a loss written
+    for Keras runs here unchanged:
+
+    - `teacher_layer_name` / `student_layer_name`: the layer whose output the
+      loss reads (a `"parent/child"` path into nested models), or `None` for
+      the model's final output.
+    - `compute_loss(teacher_outputs, student_outputs)` returns a scalar: the
+      mean over the (per-replica) batch. It must not divide by the replica
+      count; the Distiller scales the whole objective once.
+    - `validate_model_compatibility(teacher, student)` raises at construction
+      when the models cannot be used with this loss.
+
+    keras_kd adds:
+
+    - `expects_logits`: when `True` and no layer is named, the loss receives
+      logits; a model whose last layer applies softmax is given its
+      log-probabilities instead, which is equivalent for every softmax-based
+      loss. When `False`, it receives the final output as the model returns it.
+    - `schedulable`: names of numeric attributes (for example
+      `"temperature"`) that the Distiller turns into non-trainable
+      `keras.Variable`s, so a callback can change them inside a compiled step.
+    - `name`: the name its term is logged under.
+
+    Example:
+
+    ```python
+    class MeanAbsoluteLogits(keras_kd.DistillationLoss):
+        def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
+            return keras.ops.mean(
+                keras.ops.abs(teacher_outputs - student_outputs))
+    ```
+    """
+
+    teacher_layer_name = None
+    student_layer_name = None
+    expects_logits = False
+    schedulable = ()
+
+    @property
+    def name(self):
+        """The name this term is logged under (snake_case of the class)."""
+        return getattr(self, "_name", None) or _snake_case(type(self).__name__)
+
+    @name.setter
+    def name(self, value):
+        self._name = value
+
+    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
+        """Returns the scalar loss between teacher and student outputs.
+
+        Args:
+            teacher_outputs: the teacher output this loss asked for.
+            student_outputs: the matching student output.
+            **kwargs: ignored; present for keras.distillation compatibility.
+
+        Returns:
+            A scalar float32 tensor.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement compute_loss()."
+        )
+
+    def validate_model_compatibility(self, teacher, student):
+        """Raises `ValueError` if the models cannot be used with this loss."""
+
+    def validate_outputs(self, teacher_outputs, student_outputs):
+        """Raises `ValueError` if the outputs cannot be compared."""
+        keras.tree.assert_same_structure(teacher_outputs, student_outputs)
+
+    def get_config(self):
+        config = {}
+        if getattr(self, "_name", None):
+            config["name"] = self._name
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def _snake_case(name):
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def as_float(value):
+    """The Python float of a number or a scalar `keras.Variable`."""
+    return float(keras.ops.convert_to_numpy(value))
+
+
+def check_number(value, argument, minimum=None, maximum=None, strict=False):
+    """Validates a real-number argument and returns it as a float.
+
+    Args:
+        value: what the user passed.
+        argument: the argument's name, used in the message.
+        minimum: the smallest allowed value, or `None`.
+        maximum: the largest allowed value, or `None`.
+        strict: whether `minimum` itself is excluded.
+
+    Returns:
+        `value` as a Python float.
+
+    Raises:
+        ValueError: if `value` is not a real number or out of range.
+    """
+    if isinstance(value, keras.Variable):
+        value = as_float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(
+            f"`{argument}` must be a number, but received {value!r} "
+            f"of type {type(value).__name__}. Pass a float, e.g. "
+            f"{argument}=1.0."
+        )
+    low_ok = minimum is None or (value > minimum if strict else value >= minimum)
+    high_ok = maximum is None or value <= maximum
+    if not (low_ok and high_ok):
+        if minimum is not None and maximum is not None:
+            expected = f"in [{minimum}, {maximum}]"
+        elif strict:
+            expected = f"> {minimum}"
+        else:
+            expected = f">= {minimum}"
+        raise ValueError(
+            f"`{argument}` must be {expected}, but received {value!r}. "
+            f"Pass a value {expected}."
+        )
+    return float(value)
