@@ -1,8 +1,20 @@
 """keras_kd: correct, fast knowledge distillation for Keras 3 on TensorFlow."""
 
+from keras_kd import augment, connectors, datasets, losses
 from keras_kd.distiller import Distiller
-from keras_kd.losses import DistillationLoss, LogitsDistillation
+from keras_kd.losses import DistillationLoss, FeatureDistillation, LogitsDistillation
+from keras_kd.taps import FINAL_OUTPUT
 
 __version__ = "0.1.0"
 
-__all__ = ["Distiller", "DistillationLoss", "LogitsDistillation"]
+__all__ = [
+    "FINAL_OUTPUT",
+    "DistillationLoss",
+    "Distiller",
+    "FeatureDistillation",
+    "LogitsDistillation",
+    "augment",
+    "connectors",
+    "datasets",
+    "losses",
+]

@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_kd import taps
+from keras_kd import augment, taps
 from keras_kd.losses.base import as_float, check_number
 from keras_kd.losses.logits import LogitsDistillation
 
@@ -46,6 +46,11 @@ class Distiller(keras.Model):
             to 1.0 each.
         student_loss_weight: weight in [0, 1] of the hard-label loss. With 0,
             labels are optional: a dataset of inputs alone trains the student.
+        augmentation: consistent augmentation applied to each training batch
+            once, before teacher and student see it: a
+            `keras_kd.augment.Augmentation` (e.g. `Mixup`), a Keras
+            preprocessing layer or callable of the inputs, or a list of these
+            applied in order. Not applied by `evaluate`. See `keras_kd.augment`.
         name: the model's name.
         **kwargs: passed to `keras.Model`.
 
@@ -82,6 +87,7 @@ class Distiller(keras.Model):
         distillation_losses=None,
         distillation_loss_weights=None,
         student_loss_weight=0.5,
+        augmentation=None,
         name="distiller",
         **kwargs,
     ):
@@ -98,6 +104,8 @@ class Distiller(keras.Model):
         self.teacher.trainable = False
         self.student = student
         self.distillation_losses = losses
+        self.augmentation = augmentation
+        self._augment = augment.as_augmentation(augmentation)
         self.term_names = _unique_names([loss.name for loss in losses])
         self.student_loss_weight = _hyperparameter(
             check_number(
@@ -112,11 +120,14 @@ class Distiller(keras.Model):
         self.loss_hyperparameters = _make_schedulable(losses, self.term_names)
 
         self._teacher_view = taps.ModelView(
-            teacher, _layer_paths(losses, "teacher_layer_name")
+            teacher, _layer_paths(losses, "teacher_layer_name"), "teacher"
         )
         self._student_view = taps.ModelView(
-            student, _layer_paths(losses, "student_layer_name")
+            student, _layer_paths(losses, "student_layer_name"), "student"
         )
+        teacher_spec = self._teacher_view.output_spec()
+        student_spec = self._student_view.output_spec()
+        self.connectors = self._build_connectors(teacher_spec, student_spec)
         self._student_loss_metric = keras.metrics.Mean(name="student_loss")
         self._distillation_loss_metric = keras.metrics.Mean(
             name="distillation_loss"
@@ -126,7 +137,7 @@ class Distiller(keras.Model):
             if len(losses) > 1
             else []
         )
-        self._check_terms_are_scalars()
+        self._check_terms_are_scalars(teacher_spec, student_spec)
         # Sub-models are built: marking the Distiller built lets `.keras`
         # loading restore the optimizer state and BackupAndRestore run.
         self.built = True
@@ -172,11 +183,14 @@ class Distiller(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        targets = _targets(y)
+        if self._augment is not None:
+            x, targets = self._augment(x, targets)
         teacher_outputs = self._teacher_view(x, training=False)
         with tf.GradientTape() as tape:
             student_outputs = self._student_view(x, training=True)
             terms = self._objective(
-                y, sample_weight, teacher_outputs, student_outputs
+                targets, sample_weight, teacher_outputs, student_outputs, True
             )
             # apply_gradients sums over replicas: each replica contributes
             # its share of the global mean.
@@ -186,7 +200,7 @@ class Distiller(keras.Model):
         gradients = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
         return self._update_metrics(
-            terms, x, y, student_outputs[taps.OUTPUT], sample_weight
+            terms, x, targets, student_outputs[taps.OUTPUT], sample_weight
         )
 
     def test_step(self, data):
@@ -194,24 +208,35 @@ class Distiller(keras.Model):
         teacher_outputs = self._teacher_view(x, training=False)
         student_outputs = self._student_view(x, training=False)
         terms = self._objective(
-            y, sample_weight, teacher_outputs, student_outputs
+            _targets(y), sample_weight, teacher_outputs, student_outputs, False
         )
         return self._update_metrics(
-            terms, x, y, student_outputs[taps.OUTPUT], sample_weight
+            terms, x, _targets(y), student_outputs[taps.OUTPUT], sample_weight
         )
 
-    def _objective(self, y, sample_weight, teacher_outputs, student_outputs):
-        """Every term of the objective, per replica, before any scaling."""
+    def _objective(
+        self, targets, sample_weight, teacher_outputs, student_outputs, training
+    ):
+        """Every term of the objective, per replica, before any scaling.
+
+        `targets` is a list of `(y, weight)` pairs (see `keras_kd.augment`):
+        the hard-label loss sums the loss of each pair.
+        """
         weight = ops.cast(self.student_loss_weight, "float32")
         terms = {"student_loss": ops.zeros((), "float32")}
-        if y is not None and self._compile_loss is not None:
-            value = self._compile_loss(
-                y, student_outputs[taps.OUTPUT], sample_weight
-            )
-            # keras.losses.Loss divides by the replica count; undo it here so
-            # that every term is a plain per-replica mean.
-            terms["student_loss"] = ops.cast(value, "float32") * _num_replicas()
-        elif y is None and _traced_value(self.student_loss_weight) > 0:
+        if targets and self._compile_loss is not None:
+            for y, target_weight in targets:
+                value = self._compile_loss(
+                    y,
+                    student_outputs[taps.OUTPUT],
+                    _combine(sample_weight, target_weight),
+                )
+                # keras.losses.Loss divides by the replica count; undo it so
+                # that every term is a plain per-replica mean.
+                terms["student_loss"] += (
+                    ops.cast(value, "float32") * _num_replicas()
+                )
+        elif not targets and _traced_value(self.student_loss_weight) > 0:
             raise ValueError(
                 f"The data has no labels, but student_loss_weight="
                 f"{_traced_value(self.student_loss_weight)} > 0 needs them. Yield "
@@ -224,7 +249,7 @@ class Distiller(keras.Model):
             self.term_names,
             self.distillation_loss_weights,
         ):
-            value = self._term(loss, term, teacher_outputs, student_outputs)
+            value = self._term(loss, term, teacher_outputs, student_outputs, training)
             terms[term] = value
             distillation = distillation + ops.cast(loss_weight, "float32") * value
         terms["distillation_loss"] = distillation
@@ -238,15 +263,17 @@ class Distiller(keras.Model):
         )
         return terms
 
-    def _term(self, loss, term, teacher_outputs, student_outputs):
+    def _term(self, loss, term, teacher_outputs, student_outputs, training):
         teacher = _select(teacher_outputs, loss, "teacher_layer_name")
         student = _select(student_outputs, loss, "student_layer_name")
+        if term in self.connectors:
+            student = self.connectors[term](student, training=training)
         loss.validate_outputs(teacher, student)
         value = loss.compute_loss(teacher, student)
         _check_scalar(value, loss, term)
         return ops.cast(value, "float32")
 
-    def _update_metrics(self, terms, x, y, y_pred, sample_weight):
+    def _update_metrics(self, terms, x, targets, y_pred, sample_weight):
         batch_size = ops.cast(ops.shape(keras.tree.flatten(x)[0])[0], "float32")
         self._loss_tracker.update_state(terms["loss"], sample_weight=batch_size)
         self._student_loss_metric.update_state(
@@ -257,24 +284,56 @@ class Distiller(keras.Model):
         )
         for metric in self._term_metrics:
             metric.update_state(terms[metric.name], sample_weight=batch_size)
-        if y is not None and self._compile_metrics is not None:
-            self._compile_metrics.update_state(y, y_pred, sample_weight)
+        if self._compile_metrics is not None:
+            for y, target_weight in targets:
+                self._compile_metrics.update_state(
+                    y, y_pred, _combine(sample_weight, target_weight)
+                )
         return self.get_metrics_result()
 
     # ----------------------------------------------------------- validation
 
-    def _check_terms_are_scalars(self):
+    def _build_connectors(self, teacher_spec, student_spec):
+        """Builds the losses' connectors: `{term name: layer}`.
+
+        Assigned to `self.connectors`, they are tracked by the Distiller, so
+        they are trained and saved with it and stay out of the student.
+        """
+        built = {}
+        for loss, term in zip(self.distillation_losses, self.term_names):
+            make = getattr(loss, "make_connector", None)
+            connector = None
+            if make is not None and teacher_spec is not None and student_spec is not None:
+                connector = make(
+                    _select(teacher_spec, loss, "teacher_layer_name").shape,
+                    _select(student_spec, loss, "student_layer_name").shape,
+                    name=f"{term}_connector",
+                )
+            elif getattr(loss, "projection", None) is not None:
+                raise ValueError(
+                    f"'{term}' asks for a connector (projection="
+                    f"{loss.projection!r}), which needs the feature shapes, "
+                    f"but a model has no known input shape (a subclassed "
+                    f"model never called). Call teacher and student on a "
+                    f"batch once before building the Distiller."
+                )
+            if connector is not None:
+                built[term] = connector
+        return built
+
+    def _check_terms_are_scalars(self, teacher_spec, student_spec):
         """Runs every loss once on symbolic outputs, so errors surface now."""
-        teacher_spec = self._teacher_view.output_spec()
-        student_spec = self._student_view.output_spec()
         if teacher_spec is None or student_spec is None:
             return  # Subclassed model: checked when the step is traced.
         for loss, term in zip(self.distillation_losses, self.term_names):
+            connector = self.connectors.get(term)
             teacher = _select(teacher_spec, loss, "teacher_layer_name")
             student = _select(student_spec, loss, "student_layer_name")
             try:
                 function = tf.function(
-                    lambda t, s, loss=loss: loss.compute_loss(t, s)
+                    lambda t, s, loss=loss, connector=connector: loss.compute_loss(
+                        t, s if connector is None else connector(s)
+                    )
                 )
                 value = function.get_concrete_function(
                     teacher, student
@@ -305,6 +364,9 @@ class Distiller(keras.Model):
                 as_float(w) for w in self.distillation_loss_weights
             ],
             student_loss_weight=as_float(self.student_loss_weight),
+            augmentation=keras.tree.map_structure(
+                keras.saving.serialize_keras_object, self.augmentation
+            ),
         )
         return config
 
@@ -317,6 +379,15 @@ class Distiller(keras.Model):
             keras.saving.deserialize_keras_object(loss)
             for loss in config["distillation_losses"]
         ]
+        augmentation = config.get("augmentation")
+        if isinstance(augmentation, list):
+            config["augmentation"] = [
+                keras.saving.deserialize_keras_object(a) for a in augmentation
+            ]
+        elif augmentation is not None:
+            config["augmentation"] = keras.saving.deserialize_keras_object(
+                augmentation
+            )
         return cls(**config)
 
 
@@ -333,6 +404,20 @@ def _serialize_model(model):
 
 def _num_replicas():
     return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _targets(y):
+    """The `(y, weight)` list of a batch: empty when it has no labels."""
+    return [] if y is None else [(y, None)]
+
+
+def _combine(sample_weight, target_weight):
+    """The product of two optional per-sample weights."""
+    if target_weight is None:
+        return sample_weight
+    if sample_weight is None:
+        return target_weight
+    return ops.cast(sample_weight, "float32") * ops.cast(target_weight, "float32")
 
 
 def _traced_value(variable):
@@ -453,13 +538,19 @@ def _unique_names(names):
 
 
 def _layer_paths(losses, attribute):
-    return [getattr(l, attribute) for l in losses if getattr(l, attribute, None)]
+    """`{path: attribute}` of the layers the losses tap."""
+    paths = {}
+    for loss in losses:
+        path = getattr(loss, attribute, None)
+        if path not in (None, taps.FINAL_OUTPUT):
+            paths[path] = attribute
+    return paths
 
 
 def _select(outputs, loss, attribute):
     """The output a loss reads: a tapped layer, logits or the final output."""
     path = getattr(loss, attribute, None)
-    if path:
+    if path not in (None, taps.FINAL_OUTPUT):
         return outputs[path]
     return outputs[
         taps.LOGITS if getattr(loss, "expects_logits", False) else taps.OUTPUT

@@ -1,4 +1,14 @@
-"""Layer paths -> one multi-output view per model, so each model runs once."""
+"""Layer paths -> one pass of a model that returns its output and its taps.
+
+A `ModelView` runs a model exactly once and hands back, besides the final
+output, the outputs of the layers the losses asked for. A tap is recorded by
+wrapping the layer's `call` for the duration of that one call, so the same
+mechanism reaches top-level layers, layers inside nested sub-models
+(`"backbone/block3"`, any depth) and layers of subclassed models, without
+running anything twice and without changing the model.
+"""
+
+import contextlib
 
 import keras
 import tensorflow as tf
@@ -6,77 +16,150 @@ from keras import ops
 
 OUTPUT = "output"
 LOGITS = "logits"
+FINAL_OUTPUT = "<final output>"
+"""Layer name meaning "the model's final output" (`None` means it too)."""
 
 
 class ModelView:
-    """Runs a model once and returns its final output, logits and taps.
+    """Runs a model once; returns its final output, logits and taps.
 
     Args:
-        model: a `keras.Model`.
-        layer_paths: layer names whose outputs the losses read.
+        model: a `keras.Model` (Functional, Sequential or subclassed).
+        layer_paths: `{path: argument}`: the layer paths to tap, each with the
+            argument it came from (used in error messages).
+        role: `"teacher"` or `"student"`, for messages.
+
+    Raises:
+        ValueError: if a path does not name a layer of the model.
 
     Example:
 
     ```python
-    view = ModelView(model, ["dense"])
-    outputs = view(x, training=False)  # {"output", "logits", "dense"}
+    view = ModelView(model, {"backbone/block3": "teacher_layer_name"})
+    outputs = view(x, training=False)  # {"output", "logits", "backbone/block3"}
     ```
     """
 
-    def __init__(self, model, layer_paths=()):
+    def __init__(self, model, layer_paths=None, role="model"):
         self.model = model
-        self.layer_paths = tuple(dict.fromkeys(layer_paths))
+        self.role = role
+        self.layers = {
+            path: resolve_layer(model, path, argument, role)
+            for path, argument in (layer_paths or {}).items()
+        }
         self.outputs_probabilities = ends_with_softmax(model)
-        if self.layer_paths:
-            self._graph = keras.Model(
-                model.inputs,
-                {
-                    OUTPUT: model.outputs[0]
-                    if len(model.outputs) == 1
-                    else model.outputs,
-                    **{
-                        path: model.get_layer(path).output
-                        for path in self.layer_paths
-                    },
-                },
-                name=f"{model.name}_view",
-            )
-        else:
-            self._graph = None
 
     def __call__(self, x, training):
-        if self._graph is None:
-            outputs = {OUTPUT: self.model(x, training=training)}
-        else:
-            outputs = dict(self._graph(x, training=training))
+        records = {path: [] for path in self.layers}
+        with _recording(self.layers, records):
+            output = self.model(x, training=training)
+        outputs = {OUTPUT: output}
+        for path, recorded in records.items():
+            if len(recorded) != 1:
+                raise ValueError(
+                    f"Layer '{path}' of {self.role} '{self.model.name}' ran "
+                    f"{len(recorded)} times in one forward pass, so its "
+                    f"output is ambiguous. Tap a layer that runs exactly once."
+                )
+            outputs[path] = recorded[0]
         outputs[LOGITS] = (
-            keras.tree.map_structure(log_probabilities, outputs[OUTPUT])
+            keras.tree.map_structure(log_probabilities, output)
             if self.outputs_probabilities
-            else outputs[OUTPUT]
+            else output
         )
         return outputs
 
-
     def output_spec(self):
-        """`tf.TensorSpec`s of what `__call__` returns, or `None` if unknown."""
-        if self._graph is not None:
-            outputs = dict(self._graph.output)
-        else:
-            try:
-                outputs = {OUTPUT: self.model.output}
-            except (AttributeError, ValueError):
-                return None
-        spec = keras.tree.map_structure(
+        """`tf.TensorSpec`s of what `__call__` returns, or `None` if unknown.
+
+        Unknown when the model has no known input shape (a subclassed model
+        that was never called).
+        """
+        input_spec = _input_spec(self.model)
+        if input_spec is None:
+            return None
+        traced = tf.function(lambda x: self(x, training=False))
+        outputs = traced.get_concrete_function(input_spec).structured_outputs
+        return keras.tree.map_structure(
             lambda t: tf.TensorSpec(t.shape, t.dtype), outputs
         )
-        spec[LOGITS] = (
-            keras.tree.map_structure(
-                lambda s: tf.TensorSpec(s.shape, "float32"), spec[OUTPUT]
+
+
+@contextlib.contextmanager
+def _recording(layers, records):
+    """Wraps each layer's `call` so that its outputs land in `records`."""
+    originals = {}
+    for path, layer in layers.items():
+        original = layer.call
+
+        def recorder(*args, _original=original, _record=records[path], **kwargs):
+            result = _original(*args, **kwargs)
+            _record.append(result)
+            return result
+
+        originals[path] = (layer, "call" in vars(layer), original)
+        object.__setattr__(layer, "call", recorder)
+    try:
+        yield
+    finally:
+        for layer, had_own_call, original in originals.values():
+            if had_own_call:
+                object.__setattr__(layer, "call", original)
+            else:
+                object.__delattr__(layer, "call")
+
+
+def resolve_layer(model, path, argument="layer_name", role="model"):
+    """Finds the layer at a `"parent/child"` path inside `model`.
+
+    Args:
+        model: the model to search.
+        path: layer names joined by `/`, one per level of nesting.
+        argument: the argument the path came from, for messages.
+        role: `"teacher"` or `"student"`, for messages.
+
+    Returns:
+        The `keras.layers.Layer` at `path`.
+
+    Raises:
+        ValueError: naming the first part of the path that does not exist and
+            the layers available at that level.
+    """
+    current, walked = model, []
+    for name in path.split("/"):
+        children = getattr(current, "layers", None)
+        if not children:
+            raise ValueError(
+                f"`{argument}='{path}'`: '{'/'.join(walked)}' of {role} "
+                f"'{model.name}' is a {type(current).__name__}, which has no "
+                f"sub-layers, so '{name}' cannot be inside it. Pass a path "
+                f"that stops at '{'/'.join(walked)}'."
             )
-            if self.outputs_probabilities
-            else spec[OUTPUT]
-        )
-        return spec
+        match = [layer for layer in children if layer.name == name]
+        if not match:
+            where = f"'{'/'.join(walked)}'" if walked else f"{role} '{model.name}'"
+            raise ValueError(
+                f"`{argument}='{path}'`: '{name}' is not a layer of {where}. "
+                f"Available: {[layer.name for layer in children]}. Pass one "
+                f"of these, or a 'parent/child' path into a nested model."
+            )
+        current = match[0]
+        walked.append(name)
+    return current
+
+
+def _input_spec(model):
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        inputs = None
+    if inputs:
+        specs = [tf.TensorSpec(i.shape, i.dtype) for i in inputs]
+        return specs[0] if len(specs) == 1 else specs
+    shape = (model.get_build_config() or {}).get("input_shape")
+    if shape is None or not isinstance(shape, (list, tuple)):
+        return None
+    return tf.TensorSpec((None,) + tuple(shape[1:]), "float32")
 
 
 def log_probabilities(probabilities):

@@ -1,6 +1,29 @@
 """Distillation losses: one module per family."""
 
 from keras_kd.losses.base import DistillationLoss
+from keras_kd.losses.features import (
+    PKT,
+    AttentionTransfer,
+    CosineDistance,
+    FeatureDistillation,
+    FeatureLoss,
+    Hint,
+    RKDAngle,
+    RKDDistance,
+    SimilarityPreserving,
+)
 from keras_kd.losses.logits import LogitsDistillation
 
-__all__ = ["DistillationLoss", "LogitsDistillation"]
+__all__ = [
+    "AttentionTransfer",
+    "CosineDistance",
+    "DistillationLoss",
+    "FeatureDistillation",
+    "FeatureLoss",
+    "Hint",
+    "LogitsDistillation",
+    "PKT",
+    "RKDAngle",
+    "RKDDistance",
+    "SimilarityPreserving",
+]

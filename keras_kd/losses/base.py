@@ -140,3 +140,24 @@ def check_number(value, argument, minimum=None, maximum=None, strict=False):
             f"Pass a value {expected}."
         )
     return float(value)
+
+
+def map_losses(fn, loss):
+    """Applies `fn` to a loss, or to each entry of a list of losses."""
+    if isinstance(loss, (list, tuple)):
+        return [fn(entry) for entry in loss]
+    return fn(loss)
+
+
+def serialize_loss(loss):
+    """A loss argument for `get_config`: names stay names."""
+    if loss is None or isinstance(loss, str):
+        return loss
+    return keras.saving.serialize_keras_object(loss)
+
+
+def deserialize_loss(config):
+    """The inverse of `serialize_loss`."""
+    if config is None or isinstance(config, str):
+        return config
+    return keras.saving.deserialize_keras_object(config)

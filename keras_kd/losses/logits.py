@@ -3,7 +3,14 @@
 import keras
 from keras import ops
 
-from keras_kd.losses.base import DistillationLoss, as_float, check_number
+from keras_kd.losses.base import (
+    DistillationLoss,
+    as_float,
+    check_number,
+    deserialize_loss,
+    map_losses,
+    serialize_loss,
+)
 
 
 def log_softmax_at(logits, temperature):
@@ -125,7 +132,7 @@ class LogitsDistillation(DistillationLoss):
             temperature, "temperature", minimum=0.0, strict=True
         )
         self.loss = loss
-        self._loss_fns = _map_losses(_resolve, loss)
+        self._loss_fns = map_losses(_resolve, loss)
         if all(fn is None for fn in _as_list(self._loss_fns)):
             raise ValueError(
                 f"`loss` must contain at least one loss, but received "
@@ -182,38 +189,19 @@ class LogitsDistillation(DistillationLoss):
         config = super().get_config()
         config.update(
             temperature=as_float(self.temperature),
-            loss=_map_losses(_serialize, self.loss),
+            loss=map_losses(serialize_loss, self.loss),
         )
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["loss"] = _map_losses(_deserialize, config["loss"])
+        config["loss"] = map_losses(deserialize_loss, config["loss"])
         return cls(**config)
 
 
 def _as_list(loss):
     return list(loss) if isinstance(loss, (list, tuple)) else [loss]
-
-
-def _map_losses(fn, loss):
-    """Applies `fn` to a loss, or to each entry of a list of losses."""
-    if isinstance(loss, (list, tuple)):
-        return [fn(entry) for entry in loss]
-    return fn(loss)
-
-
-def _serialize(loss):
-    if loss is None or isinstance(loss, str):
-        return loss
-    return keras.saving.serialize_keras_object(loss)
-
-
-def _deserialize(config):
-    if config is None or isinstance(config, str):
-        return config
-    return keras.saving.deserialize_keras_object(config)
 
 
 def _output_shapes(model):

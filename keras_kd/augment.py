@@ -1,0 +1,223 @@
+"""Consistent augmentation: one augmented view for teacher and student.
+
+An augmentation is applied once per training batch inside the Distiller's
+step, before either model runs, so the teacher's soft targets describe exactly
+the inputs the student sees ("function matching"). It maps
+
+    (x, targets) -> (x, targets)
+
+where `targets` is a list of `(y, weight)` pairs: the hard-label loss is the
+sum of `loss(y, student(x), sample_weight * weight)` over the pairs, and the
+compiled metrics are updated with each pair. Unlabelled data has `targets=[]`.
+`weight=None` means 1. Mixing augmentations such as `Mixup` return two pairs
+(each sample's two labels, weighted by the mixing coefficient); input-only
+augmentations leave `targets` unchanged.
+
+Any Keras preprocessing layer or callable of `x` can be passed to the
+Distiller's `augmentation=` too: it is wrapped in `InputAugmentation`.
+A list is applied in order.
+"""
+
+import abc
+import inspect
+
+import keras
+from keras import ops
+
+from keras_kd.losses.base import check_number
+
+
+class Augmentation(abc.ABC):
+    """Base class: `__call__(x, targets)` returns `(x, targets)`."""
+
+    @abc.abstractmethod
+    def __call__(self, x, targets):
+        """Returns the augmented inputs and the matching `(y, weight)` list."""
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class Mixup(Augmentation):
+    """Mixes each sample with another of the batch, for teacher and student.
+
+    `x_i <- lam_i * x_i + (1 - lam_i) * x_j` with `lam_i ~ Beta(alpha, alpha)`
+    and `j` a random permutation of the (per-replica) batch. Each sample's
+    hard-label loss becomes `lam_i * loss(y_i) + (1 - lam_i) * loss(y_j)`.
+
+    Args:
+        alpha: the Beta distribution's parameter (> 0); 1.0 draws `lam`
+            uniformly, smaller values mix less.
+        seed: an int for reproducible draws, or `None`.
+
+    Raises:
+        ValueError: if `alpha` is not a positive number.
+
+    Example:
+
+    ```python
+    distiller = keras_kd.Distiller(
+        teacher, student, keras_kd.LogitsDistillation(temperature=1.0),
+        student_loss_weight=0.0, augmentation=keras_kd.augment.Mixup(1.0))
+    ```
+
+    Reference:
+        Zhang, Cisse, Dauphin & Lopez-Paz, "mixup: Beyond Empirical Risk
+        Minimization", ICLR 2018, arXiv:1710.09412. As consistent
+        augmentation for distillation: Beyer et al., "Knowledge distillation:
+        A good teacher is patient and consistent", CVPR 2022,
+        arXiv:2106.05237.
+    """
+
+    def __init__(self, alpha=1.0, seed=None):
+        self.alpha = check_number(alpha, "alpha", minimum=0.0, strict=True)
+        self.seed = seed
+        self._seed_generator = keras.random.SeedGenerator(seed)
+
+    def __call__(self, x, targets):
+        batch = ops.shape(keras.tree.flatten(x)[0])[0]
+        lam = keras.random.beta(
+            (batch,), self.alpha, self.alpha, seed=self._seed_generator
+        )
+        partner = keras.random.shuffle(
+            ops.arange(batch), seed=self._seed_generator
+        )
+
+        def mix(tensor):
+            weight = ops.reshape(lam, (-1,) + (1,) * (len(tensor.shape) - 1))
+            weight = ops.cast(weight, tensor.dtype)
+            return weight * tensor + (1 - weight) * ops.take(tensor, partner, 0)
+
+        mixed_targets = []
+        for y, weight in targets:
+            own = lam if weight is None else weight * lam
+            other = 1 - lam
+            if weight is not None:
+                other = ops.take(weight, partner, 0) * other
+            mixed_targets.append((y, own))
+            mixed_targets.append(
+                (keras.tree.map_structure(lambda t: ops.take(t, partner, 0), y), other)
+            )
+        return keras.tree.map_structure(mix, x), mixed_targets
+
+    def get_config(self):
+        return {"alpha": self.alpha, "seed": self.seed}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class RandomShift(Augmentation):
+    """Shifts each sequence by a random number of steps, padding with zeros.
+
+    For inputs of shape `(batch, steps, channels)`, such as MNIST-1D, where
+    Keras's image layers do not apply.
+
+    Args:
+        max_shift: the largest shift, in steps, either way.
+        seed: an int for reproducible draws, or `None`.
+
+    Raises:
+        ValueError: if `max_shift` is not a non-negative integer.
+
+    Example:
+
+    ```python
+    augmentation = [keras_kd.augment.RandomShift(4), keras_kd.augment.Mixup()]
+    ```
+    """
+
+    def __init__(self, max_shift, seed=None):
+        if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
+            raise ValueError(
+                f"`max_shift` must be a non-negative int, but received "
+                f"{max_shift!r}. Pass e.g. max_shift=4."
+            )
+        self.max_shift = max_shift
+        self.seed = seed
+        self._seed_generator = keras.random.SeedGenerator(seed)
+
+    def __call__(self, x, targets):
+        return keras.tree.map_structure(self._shift, x), targets
+
+    def _shift(self, x):
+        batch, steps = ops.shape(x)[0], x.shape[1]
+        pad = [(0, 0), (self.max_shift, self.max_shift)] + [(0, 0)] * (
+            len(x.shape) - 2
+        )
+        padded = ops.pad(x, pad)
+        offsets = keras.random.randint(
+            (batch, 1), 0, 2 * self.max_shift + 1, seed=self._seed_generator
+        )
+        positions = offsets + ops.arange(steps)[None, :]
+        positions = ops.reshape(
+            positions, (batch, steps) + (1,) * (len(x.shape) - 2)
+        )
+        return ops.take_along_axis(
+            padded, ops.broadcast_to(positions, ops.shape(x)), axis=1
+        )
+
+    def get_config(self):
+        return {"max_shift": self.max_shift, "seed": self.seed}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+class InputAugmentation(Augmentation):
+    """Applies a Keras layer or a callable to the inputs only.
+
+    Args:
+        transform: e.g. `keras.layers.RandomFlip()`; called with
+            `training=True` when it accepts that argument.
+    """
+
+    def __init__(self, transform):
+        self.transform = transform
+        call = getattr(transform, "call", transform)
+        self._takes_training = "training" in inspect.signature(call).parameters
+
+    def __call__(self, x, targets):
+        if self._takes_training:
+            return self.transform(x, training=True), targets
+        return self.transform(x), targets
+
+
+class Sequence(Augmentation):
+    """Applies augmentations one after the other."""
+
+    def __init__(self, augmentations):
+        self.augmentations = [as_augmentation(a) for a in augmentations]
+
+    def __call__(self, x, targets):
+        for augmentation in self.augmentations:
+            x, targets = augmentation(x, targets)
+        return x, targets
+
+
+def as_augmentation(augmentation):
+    """Normalises the Distiller's `augmentation=` argument.
+
+    Args:
+        augmentation: `None`, an `Augmentation`, a Keras layer or callable of
+            the inputs, or a list of these.
+
+    Returns:
+        An `Augmentation`, or `None`.
+
+    Raises:
+        ValueError: if `augmentation` is none of these.
+    """
+    if augmentation is None or isinstance(augmentation, Augmentation):
+        return augmentation
+    if isinstance(augmentation, (list, tuple)):
+        return Sequence(augmentation)
+    if callable(augmentation):
+        return InputAugmentation(augmentation)
+    raise ValueError(
+        f"`augmentation` must be a keras_kd.augment.Augmentation, a Keras "
+        f"preprocessing layer, a callable of the inputs or a list of these, "
+        f"but received {augmentation!r}. Pass e.g. "
+        f"augmentation=keras_kd.augment.Mixup(alpha=1.0)."
+    )
