@@ -6,7 +6,7 @@ from keras import ops
 
 from keras_kd import augment, taps
 from keras_kd.losses.base import as_float, check_number
-from keras_kd.losses.logits import LogitsDistillation
+from keras_kd.losses.logits import LogitsDistillation, mixture_logits
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -36,8 +36,12 @@ class Distiller(keras.Model):
     compiled metrics on the student's predictions.
 
     Args:
-        teacher: a trained `keras.Model`. It is frozen (`trainable=False`)
-            and always run with `training=False`.
+        teacher: a trained `keras.Model`, or a list of them (an ensemble).
+            Teachers are frozen (`trainable=False`) and always run with
+            `training=False`, each once per step. With several teachers,
+            logit losses learn the weighted mixture of the teachers' softened
+            distributions (computed in log space), and feature losses name
+            the teacher to tap: `"<teacher name>/<layer>"`.
         student: the `keras.Model` to train; after `fit`, `distiller.student`
             is the trained model.
         distillation_losses: a `DistillationLoss` or a list of them. Defaults
@@ -51,6 +55,8 @@ class Distiller(keras.Model):
             `keras_kd.augment.Augmentation` (e.g. `Mixup`), a Keras
             preprocessing layer or callable of the inputs, or a list of these
             applied in order. Not applied by `evaluate`. See `keras_kd.augment`.
+        teacher_weights: with several teachers, their weights in the
+            mixture (normalized to sum to 1); equal by default.
         name: the model's name.
         **kwargs: passed to `keras.Model`.
 
@@ -88,20 +94,27 @@ class Distiller(keras.Model):
         distillation_loss_weights=None,
         student_loss_weight=0.5,
         augmentation=None,
+        teacher_weights=None,
         name="distiller",
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        _check_model(teacher, "teacher")
+        teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+        for model in teachers:
+            _check_model(model, "teacher")
         _check_model(student, "student")
-        _check_same_inputs(teacher, student)
+        for model in teachers:
+            _check_same_inputs(model, student)
         losses = _as_loss_list(distillation_losses)
         weights = _as_weight_list(distillation_loss_weights, len(losses))
         for loss in losses:
-            loss.validate_model_compatibility(teacher, student)
+            _check_loss_fits_models(loss, teachers, student)
 
         self.teacher = teacher
-        self.teacher.trainable = False
+        for model in teachers:
+            model.trainable = False
+        self.teachers = teachers
+        self.teacher_weights = _as_teacher_weights(teacher_weights, len(teachers))
         self.student = student
         self.distillation_losses = losses
         self.augmentation = augmentation
@@ -119,8 +132,11 @@ class Distiller(keras.Model):
         ]
         self.loss_hyperparameters = _make_schedulable(losses, self.term_names)
 
-        self._teacher_view = taps.ModelView(
-            teacher, _layer_paths(losses, "teacher_layer_name"), "teacher"
+        teacher_paths = _layer_paths(losses, "teacher_layer_name")
+        self._teacher_view = (
+            taps.ModelView(teacher, teacher_paths, "teacher")
+            if len(teachers) == 1
+            else taps.EnsembleView(teachers, teacher_paths)
         )
         self._student_view = taps.ModelView(
             student, _layer_paths(losses, "student_layer_name"), "student"
@@ -249,7 +265,9 @@ class Distiller(keras.Model):
             self.term_names,
             self.distillation_loss_weights,
         ):
-            value = self._term(loss, term, teacher_outputs, student_outputs, training)
+            value = self._term(
+                loss, term, teacher_outputs, student_outputs, training, targets
+            )
             terms[term] = value
             distillation = distillation + ops.cast(loss_weight, "float32") * value
         terms["distillation_loss"] = distillation
@@ -263,15 +281,35 @@ class Distiller(keras.Model):
         )
         return terms
 
-    def _term(self, loss, term, teacher_outputs, student_outputs, training):
-        teacher = _select(teacher_outputs, loss, "teacher_layer_name")
+    def _term(self, loss, term, teacher_outputs, student_outputs, training, targets):
+        teacher = self._teacher_input(loss, teacher_outputs)
         student = _select(student_outputs, loss, "student_layer_name")
         if term in self.connectors:
             student = self.connectors[term](student, training=training)
         loss.validate_outputs(teacher, student)
-        value = loss.compute_loss(teacher, student)
+        if getattr(loss, "uses_labels", False):
+            # Labels only when every sample has exactly one (no mixing).
+            labels = targets[0][0] if len(targets) == 1 and targets[0][1] is None else None
+            value = loss.compute_loss(teacher, student, labels=labels)
+        else:
+            value = loss.compute_loss(teacher, student)
         _check_scalar(value, loss, term)
         return ops.cast(value, "float32")
+
+    def _teacher_input(self, loss, teacher_outputs):
+        """What `loss` reads of the teacher(s); several teachers' logits are
+        mixed at the loss's temperature."""
+        teacher = _select(teacher_outputs, loss, "teacher_layer_name")
+        if len(self.teachers) > 1 and isinstance(teacher, list):
+            if isinstance(teacher[0], tf.TensorSpec):
+                return tf.TensorSpec(teacher[0].shape, "float32")
+            return mixture_logits(
+                teacher,
+                self.teacher_weights,
+                getattr(loss, "temperature", 1.0),
+                getattr(loss, "mixes_teachers", "distributions"),
+            )
+        return teacher
 
     def _update_metrics(self, terms, x, targets, y_pred, sample_weight):
         batch_size = ops.cast(ops.shape(keras.tree.flatten(x)[0])[0], "float32")
@@ -305,7 +343,7 @@ class Distiller(keras.Model):
             connector = None
             if make is not None and teacher_spec is not None and student_spec is not None:
                 connector = make(
-                    _select(teacher_spec, loss, "teacher_layer_name").shape,
+                    self._teacher_input(loss, teacher_spec).shape,
                     _select(student_spec, loss, "student_layer_name").shape,
                     name=f"{term}_connector",
                 )
@@ -327,7 +365,7 @@ class Distiller(keras.Model):
             return  # Subclassed model: checked when the step is traced.
         for loss, term in zip(self.distillation_losses, self.term_names):
             connector = self.connectors.get(term)
-            teacher = _select(teacher_spec, loss, "teacher_layer_name")
+            teacher = self._teacher_input(loss, teacher_spec)
             student = _select(student_spec, loss, "student_layer_name")
             try:
                 function = tf.function(
@@ -354,7 +392,11 @@ class Distiller(keras.Model):
     def get_config(self):
         config = super().get_config()
         config.update(
-            teacher=_serialize_model(self.teacher),
+            teacher=(
+                [_serialize_model(t) for t in self.teachers]
+                if isinstance(self.teacher, (list, tuple))
+                else _serialize_model(self.teacher)
+            ),
             student=_serialize_model(self.student),
             distillation_losses=[
                 keras.saving.serialize_keras_object(loss)
@@ -364,6 +406,7 @@ class Distiller(keras.Model):
                 as_float(w) for w in self.distillation_loss_weights
             ],
             student_loss_weight=as_float(self.student_loss_weight),
+            teacher_weights=self.teacher_weights if len(self.teachers) > 1 else None,
             augmentation=keras.tree.map_structure(
                 keras.saving.serialize_keras_object, self.augmentation
             ),
@@ -373,8 +416,12 @@ class Distiller(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        deserialize = keras.saving.deserialize_keras_object
         for key in ("teacher", "student"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
+            if isinstance(config[key], list):
+                config[key] = [deserialize(model) for model in config[key]]
+            else:
+                config[key] = deserialize(config[key])
         config["distillation_losses"] = [
             keras.saving.deserialize_keras_object(loss)
             for loss in config["distillation_losses"]
@@ -482,6 +529,43 @@ def _compatible(shape_a, shape_b):
     return len(shape_a) == len(shape_b) and all(
         a is None or b is None or a == b for a, b in zip(shape_a, shape_b)
     )
+
+
+def _check_loss_fits_models(loss, teachers, student):
+    """Keras's per-loss model check; with several teachers, for each one."""
+    path = getattr(loss, "teacher_layer_name", None)
+    if len(teachers) == 1:
+        loss.validate_model_compatibility(teachers[0], student)
+    elif path in (None, taps.FINAL_OUTPUT):
+        if not getattr(loss, "expects_logits", False):
+            raise ValueError(
+                f"{type(loss).__name__} reads the teacher's final output, "
+                f"but there are {len(teachers)} teachers. Name the one to "
+                f"tap: teacher_layer_name='<teacher>/<layer>' with a teacher "
+                f"of {[t.name for t in teachers]}."
+            )
+        for teacher in teachers:
+            loss.validate_model_compatibility(teacher, student)
+    # Named teacher layers are resolved, with clear errors, by the views.
+
+
+def _as_teacher_weights(weights, count):
+    if weights is None:
+        return [1.0 / count] * count
+    if len(weights) != count:
+        raise ValueError(
+            f"`teacher_weights` has {len(weights)} entries but there are "
+            f"{count} teachers. Pass one weight per teacher, in order."
+        )
+    weights = [
+        check_number(w, f"teacher_weights[{i}]", minimum=0.0)
+        for i, w in enumerate(weights)
+    ]
+    if sum(weights) <= 0:
+        raise ValueError(
+            f"`teacher_weights` must not all be zero, but received {weights}."
+        )
+    return [w / sum(weights) for w in weights]
 
 
 def _as_loss_list(distillation_losses):

@@ -85,6 +85,60 @@ class ModelView:
         )
 
 
+class EnsembleView:
+    """Several teachers, each run once: a `ModelView` per teacher, merged.
+
+    Final outputs and logits come as lists (one entry per teacher, in
+    order); taps are keyed `"<teacher name>/<path>"`.
+
+    Args:
+        models: the teachers; their names must differ.
+        layer_paths: `{path: argument}`, each path starting with a teacher's
+            name.
+
+    Raises:
+        ValueError: if names repeat or a path names no teacher.
+    """
+
+    def __init__(self, models, layer_paths=None):
+        names = [model.name for model in models]
+        if len(set(names)) != len(names):
+            raise ValueError(
+                f"Teachers must have different names, so that their layers "
+                f"can be named, but received {names}. Pass name=... when "
+                f"building each teacher."
+            )
+        per_teacher = {name: {} for name in names}
+        for path, argument in (layer_paths or {}).items():
+            head, _, rest = path.partition("/")
+            if head not in per_teacher or not rest:
+                raise ValueError(
+                    f"With several teachers, `{argument}='{path}'` must start "
+                    f"with the name of the teacher to tap, as "
+                    f"'<teacher>/<layer>'. Teachers: {names}."
+                )
+            per_teacher[head][rest] = argument
+        self.views = [
+            ModelView(model, per_teacher[model.name], "teacher") for model in models
+        ]
+
+    def __call__(self, x, training):
+        return self._merge([view(x, training=training) for view in self.views])
+
+    def output_spec(self):
+        specs = [view.output_spec() for view in self.views]
+        return None if any(spec is None for spec in specs) else self._merge(specs)
+
+    def _merge(self, per_teacher):
+        merged = {OUTPUT: [], LOGITS: []}
+        for view, outputs in zip(self.views, per_teacher):
+            outputs = dict(outputs)
+            merged[OUTPUT].append(outputs.pop(OUTPUT))
+            merged[LOGITS].append(outputs.pop(LOGITS))
+            merged.update({f"{view.model.name}/{k}": v for k, v in outputs.items()})
+        return merged
+
+
 @contextlib.contextmanager
 def _recording(layers, records):
     """Wraps each layer's `call` so that its outputs land in `records`."""

@@ -12,9 +12,21 @@ from keras_kd.losses.features import (
     RKDDistance,
     SimilarityPreserving,
 )
-from keras_kd.losses.logits import LogitsDistillation
+from keras_kd.losses.logits import (
+    DIST,
+    DKD,
+    JensenShannon,
+    LogitMSE,
+    LogitsDistillation,
+    ReverseKL,
+)
 
 __all__ = [
+    "DIST",
+    "DKD",
+    "JensenShannon",
+    "LogitMSE",
+    "ReverseKL",
     "AttentionTransfer",
     "CosineDistance",
     "DistillationLoss",

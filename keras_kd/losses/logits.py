@@ -1,6 +1,7 @@
 """Logit distillation: losses between the teacher's and the student's logits."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_kd.losses.base import (
@@ -50,24 +51,63 @@ def soft_cross_entropy(teacher_logits, student_logits, temperature):
     )
 
 
+def reverse_kl(teacher_logits, student_logits, temperature):
+    """KL(student_T || teacher_T) times T²: mode-seeking."""
+    return kl_divergence(student_logits, teacher_logits, temperature)
+
+
+def jensen_shannon(teacher_logits, student_logits, temperature):
+    """Jensen-Shannon divergence of the softened distributions, times T²."""
+    log_p = log_softmax_at(teacher_logits, temperature)
+    log_q = log_softmax_at(student_logits, temperature)
+    log_m = ops.logsumexp(ops.stack([log_p, log_q]), axis=0) - ops.log(2.0)
+    js = 0.5 * ops.sum(ops.exp(log_p) * (log_p - log_m), axis=-1) + 0.5 * ops.sum(
+        ops.exp(log_q) * (log_q - log_m), axis=-1
+    )
+    return _mean_over_samples(js) * ops.square(ops.cast(temperature, "float32"))
+
+
+def logits_mse(teacher_logits, student_logits, temperature=None):
+    """Mean squared difference of the raw logits (no temperature)."""
+    del temperature
+    return ops.mean(
+        ops.square(
+            ops.cast(teacher_logits, "float32") - ops.cast(student_logits, "float32")
+        )
+    )
+
+
+_NAMED = {
+    "reverse_kl": reverse_kl,
+    "jensen_shannon": jensen_shannon,
+    "js": jensen_shannon,
+    "logits_mse": logits_mse,
+}
+
+
 def _resolve(loss):
-    """Maps a user's `loss=` entry to `fn(teacher, student, temperature)`."""
+    """Maps a `loss=` entry to `fn(teacher, student, temperature, labels)`."""
     if loss is None:
         return None
+    if isinstance(loss, LogitsDistillation):
+        return loss.divergence
+    if isinstance(loss, str) and loss in _NAMED:
+        return _ignoring_labels(_NAMED[loss])
     fn = keras.losses.get(loss) if isinstance(loss, str) else loss
     if fn is None or not callable(fn):
         raise ValueError(
-            f"`loss` must be a loss name, a keras Loss or a function, but "
-            f"received {loss!r}. Pass e.g. loss='kl_divergence'."
+            f"`loss` must be a loss name, a keras Loss, a keras_kd logit loss "
+            f"or a function, but received {loss!r}. Pass e.g. "
+            f"loss='kl_divergence'."
         )
     # Loss classes wrap a function in `.fn` (e.g. KLDivergence().fn).
     core = getattr(fn, "fn", fn)
     if core is keras.losses.kl_divergence:
-        return kl_divergence
+        return _ignoring_labels(kl_divergence)
     if core is keras.losses.categorical_crossentropy:
-        return soft_cross_entropy
+        return _ignoring_labels(soft_cross_entropy)
 
-    def on_scaled_logits(teacher_logits, student_logits, temperature):
+    def on_scaled_logits(teacher_logits, student_logits, temperature, labels=None):
         temperature = ops.cast(temperature, "float32")
         teacher = ops.cast(teacher_logits, "float32") / temperature
         student = ops.cast(student_logits, "float32") / temperature
@@ -76,6 +116,13 @@ def _resolve(loss):
         return ops.mean(call(teacher, student))
 
     return on_scaled_logits
+
+
+def _ignoring_labels(fn):
+    def divergence(teacher_logits, student_logits, temperature, labels=None):
+        return fn(teacher_logits, student_logits, temperature)
+
+    return divergence
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -163,27 +210,31 @@ class LogitsDistillation(DistillationLoss):
                     f"{t_shape[-1]} units."
                 )
 
-    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
-        """Returns the summed distillation loss over the outputs.
+    def compute_loss(self, teacher_outputs, student_outputs, labels=None, **kwargs):
+        """Returns the distillation loss, summed over outputs for a list.
 
         Args:
-            teacher_outputs: teacher logits, or a structure of them.
+            teacher_outputs: teacher logits (or a list, one per output).
             student_outputs: student logits, same structure.
+            labels: the batch's class ids, used by `DKD`; `None` when
+                unknown (unlabelled or mixed batches).
             **kwargs: ignored.
 
         Returns:
             A scalar float32 tensor.
         """
         if not isinstance(self._loss_fns, list):
-            return self._loss_fns(
-                teacher_outputs, student_outputs, self.temperature
-            )
+            return self.divergence(teacher_outputs, student_outputs, self.temperature, labels)
         values = [
             fn(t, s, self.temperature)
             for fn, t, s in zip(self._loss_fns, teacher_outputs, student_outputs)
             if fn is not None
         ]
         return ops.sum(ops.stack(values))
+
+    def divergence(self, teacher_logits, student_logits, temperature, labels=None):
+        """The loss between one teacher and student output at `temperature`."""
+        return self._loss_fns(teacher_logits, student_logits, temperature, labels)
 
     def get_config(self):
         config = super().get_config()
@@ -198,6 +249,296 @@ class LogitsDistillation(DistillationLoss):
         config = dict(config)
         config["loss"] = map_losses(deserialize_loss, config["loss"])
         return cls(**config)
+
+
+class _FixedLogitLoss(LogitsDistillation):
+    """A member of the logit-loss family: `loss` is fixed by the class."""
+
+    _loss_name = None
+
+    def __init__(self, temperature=1.0, name=None):
+        super().__init__(temperature=temperature, loss=self._loss_name, name=name)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["loss"]
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class ReverseKL(_FixedLogitLoss):
+    """Reverse KL, `T² · KL(student_T ‖ teacher_T)`: mode-seeking.
+
+    The student is penalized for putting mass where the teacher has little,
+    rather than for missing any of the teacher's mass.
+
+    Args:
+        temperature: softening temperature `T > 0`.
+        name: the name this term is logged under.
+
+    Example:
+
+    ```python
+    keras_kd.losses.ReverseKL(temperature=1.0)
+    # or keras_kd.LogitsDistillation(loss="reverse_kl")
+    ```
+
+    Reference:
+        Gu, Dong, Wei & Huang, "MiniLLM: Knowledge Distillation of Large
+        Language Models", ICLR 2024, arXiv:2306.08543.
+    """
+
+    _loss_name = "reverse_kl"
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class JensenShannon(_FixedLogitLoss):
+    """Jensen-Shannon divergence of the softened distributions, times T².
+
+    Symmetric and bounded (by `T² log 2`).
+
+    Args:
+        temperature: softening temperature `T > 0`.
+        name: the name this term is logged under.
+
+    Example:
+
+    ```python
+    keras_kd.losses.JensenShannon(temperature=2.0)
+    # or keras_kd.LogitsDistillation(loss="jensen_shannon")
+    ```
+
+    Reference:
+        Agarwal et al., "On-Policy Distillation of Language Models: Learning
+        from Self-Generated Mistakes" (generalized JSD), ICLR 2024,
+        arXiv:2306.13649.
+    """
+
+    _loss_name = "jensen_shannon"
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class LogitMSE(_FixedLogitLoss):
+    """Mean squared error between raw logits (logit regression).
+
+    No temperature is applied; the Distiller averages the logits of several
+    teachers (rather than mixing their distributions) for this loss.
+
+    Args:
+        name: the name this term is logged under.
+
+    Example:
+
+    ```python
+    keras_kd.losses.LogitMSE()  # or keras_kd.LogitsDistillation(loss="logits_mse")
+    ```
+
+    Reference:
+        Ba & Caruana, "Do Deep Nets Really Need to be Deep?", NeurIPS 2014,
+        arXiv:1312.6184.
+    """
+
+    _loss_name = "logits_mse"
+    schedulable = ()
+    mixes_teachers = "logits"
+
+    def __init__(self, name=None):
+        super().__init__(temperature=1.0, name=name)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["temperature"]
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class DKD(LogitsDistillation):
+    """Decoupled KD: target-class and non-target-class terms, weighted apart.
+
+    `alpha · TCKD + beta · NCKD`, both times T²: TCKD is the KL between the
+    binary (target vs. rest) distributions of teacher and student, NCKD the
+    KL between their distributions over the non-target classes. The target
+    class is the label when the Distiller has one for every sample (not
+    under mixing augmentations), otherwise the teacher's top-1 class.
+    Computed in log space.
+
+    Args:
+        temperature: softening temperature `T > 0` (4 in the paper).
+        alpha: weight of TCKD (1 in the paper).
+        beta: weight of NCKD (8 in the paper for CIFAR-100).
+        name: the name this term is logged under.
+
+    Raises:
+        ValueError: if a number is out of range.
+
+    Example:
+
+    ```python
+    keras_kd.Distiller(teacher, student, keras_kd.losses.DKD(), student_loss_weight=0.5)
+    ```
+
+    Reference:
+        Zhao, Cui, Song, Qiu & Liang, "Decoupled Knowledge Distillation",
+        CVPR 2022, arXiv:2203.08679.
+    """
+
+    schedulable = ("temperature", "alpha", "beta")
+    uses_labels = True
+
+    def __init__(self, temperature=4.0, alpha=1.0, beta=8.0, name=None):
+        super().__init__(temperature=temperature, name=name)
+        self.alpha = check_number(alpha, "alpha", minimum=0.0)
+        self.beta = check_number(beta, "beta", minimum=0.0)
+
+    def divergence(self, teacher_logits, student_logits, temperature, labels=None):
+        classes = teacher_logits.shape[-1]
+        if labels is None:
+            labels = ops.argmax(teacher_logits, axis=-1)
+        elif len(labels.shape) == len(teacher_logits.shape) and labels.shape[-1] == classes:
+            labels = ops.argmax(labels, axis=-1)  # one-hot labels
+        labels = ops.reshape(ops.cast(labels, "int32"), ops.shape(teacher_logits)[:-1])
+        target = ops.cast(ops.one_hot(labels, classes), "bool")
+        log_p = log_softmax_at(teacher_logits, temperature)
+        log_q = log_softmax_at(student_logits, temperature)
+
+        def binary(log_probs):  # log [p(target), p(rest)]
+            log_target = ops.sum(ops.where(target, log_probs, 0.0), axis=-1)
+            log_rest = ops.logsumexp(ops.where(target, -np.inf, log_probs), axis=-1)
+            return ops.stack([log_target, log_rest], axis=-1)
+
+        def kl(log_a, log_b, mask=None):
+            terms = ops.exp(log_a) * (log_a - log_b)
+            if mask is not None:
+                terms = ops.where(mask, 0.0, terms)
+            return ops.mean(ops.sum(terms, axis=-1))
+
+        def non_target(log_probs):  # log-probabilities renormalized over the rest
+            rest = ops.where(target, -np.inf, log_probs)
+            return rest - ops.logsumexp(rest, axis=-1, keepdims=True)
+
+        tckd = kl(binary(log_p), binary(log_q))
+        nckd = kl(non_target(log_p), non_target(log_q), mask=target)
+        t_squared = ops.square(ops.cast(temperature, "float32"))
+        return (
+            ops.cast(self.alpha, "float32") * tckd
+            + ops.cast(self.beta, "float32") * nckd
+        ) * t_squared
+
+    def get_config(self):
+        config = super().get_config()
+        del config["loss"]
+        config.update(alpha=as_float(self.alpha), beta=as_float(self.beta))
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class DIST(LogitsDistillation):
+    """DIST: matches inter- and intra-class Pearson relations of predictions.
+
+    With `p = softmax(t/T)`, `q = softmax(s/T)` of shape `(batch, classes)`:
+    inter-class = `1 - mean_i pearson(p_i, q_i)` (each sample's class
+    ranking), intra-class = the same over the transposed matrices (each
+    class's ranking of the batch's samples); the loss is
+    `T² (beta · inter + gamma · intra)`. The intra-class term relates the
+    samples of a batch: under `tf.distribute` it uses each replica's batch.
+
+    Args:
+        temperature: softening temperature `T > 0` (1 in the paper's code).
+        beta: weight of the inter-class relation.
+        gamma: weight of the intra-class relation.
+        name: the name this term is logged under.
+
+    Raises:
+        ValueError: if a number is out of range.
+
+    Example:
+
+    ```python
+    keras_kd.Distiller(teacher, student, keras_kd.losses.DIST())
+    ```
+
+    Reference:
+        Huang, You, Wang, Qian & Xu, "Knowledge Distillation from A Stronger
+        Teacher", NeurIPS 2022, arXiv:2205.10536.
+    """
+
+    schedulable = ("temperature", "beta", "gamma")
+
+    def __init__(self, temperature=1.0, beta=1.0, gamma=1.0, name=None):
+        super().__init__(temperature=temperature, name=name)
+        self.beta = check_number(beta, "beta", minimum=0.0)
+        self.gamma = check_number(gamma, "gamma", minimum=0.0)
+
+    def divergence(self, teacher_logits, student_logits, temperature, labels=None):
+        classes = teacher_logits.shape[-1]
+        p = ops.reshape(ops.exp(log_softmax_at(teacher_logits, temperature)), (-1, classes))
+        q = ops.reshape(ops.exp(log_softmax_at(student_logits, temperature)), (-1, classes))
+        inter = 1.0 - ops.mean(_pearson(p, q, axis=1))
+        intra = 1.0 - ops.mean(_pearson(p, q, axis=0))
+        t_squared = ops.square(ops.cast(temperature, "float32"))
+        return t_squared * (
+            ops.cast(self.beta, "float32") * inter
+            + ops.cast(self.gamma, "float32") * intra
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        del config["loss"]
+        config.update(beta=as_float(self.beta), gamma=as_float(self.gamma))
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def _pearson(a, b, axis, epsilon=1e-8):
+    """Pearson correlation of `a` and `b` along `axis` (authors' epsilon)."""
+    a = a - ops.mean(a, axis=axis, keepdims=True)
+    b = b - ops.mean(b, axis=axis, keepdims=True)
+    norms = ops.sqrt(ops.sum(a * a, axis=axis)) * ops.sqrt(ops.sum(b * b, axis=axis))
+    return ops.sum(a * b, axis=axis) / (norms + epsilon)
+
+
+def mixture_logits(teacher_logits, weights, temperature, mixes="distributions"):
+    """Several teachers' logits as one: the weighted mixture of distributions.
+
+    Returns `T · log(sum_i w_i softmax(t_i / T))`, whose softmax at
+    temperature `T` is exactly the mixture; with `mixes="logits"`, the
+    weighted mean of the logits.
+
+    Args:
+        teacher_logits: a list of logits tensors of equal shape.
+        weights: a list of floats summing to 1.
+        temperature: the loss's temperature.
+        mixes: `"distributions"` or `"logits"`.
+
+    Returns:
+        A float32 tensor shaped like one teacher's logits.
+    """
+    if mixes == "logits":
+        return sum(
+            w * ops.cast(t, "float32") for w, t in zip(weights, teacher_logits)
+        )
+    log_mixture = ops.logsumexp(
+        ops.stack(
+            [
+                np.log(w) + log_softmax_at(t, temperature)
+                for w, t in zip(weights, teacher_logits)
+                if w > 0
+            ]
+        ),
+        axis=0,
+    )
+    return ops.cast(temperature, "float32") * log_mixture
 
 
 def _as_list(loss):
