@@ -32,8 +32,9 @@ class Distiller(keras.Model):
     hard-label loss. `call` and `predict` are the student's.
 
     Logged each step: `loss`, `student_loss`, `distillation_loss`, one entry
-    per distillation term when there are several (under its `name`), and the
-    compiled metrics on the student's predictions.
+    per distillation term when there are several (under its `name`),
+    `teacher_agreement` (the fraction of samples whose top-1 class is the
+    teacher's), and the compiled metrics on the student's predictions.
 
     Args:
         teacher: a trained `keras.Model`, or a list of them (an ensemble).
@@ -148,6 +149,7 @@ class Distiller(keras.Model):
         self._distillation_loss_metric = keras.metrics.Mean(
             name="distillation_loss"
         )
+        self._agreement_metric = keras.metrics.Mean(name="teacher_agreement")
         self._term_metrics = (
             [keras.metrics.Mean(name=term) for term in self.term_names]
             if len(losses) > 1
@@ -195,6 +197,25 @@ class Distiller(keras.Model):
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
 
+    def distillation_outputs(self, x):
+        """What each distillation term compares, in inference mode.
+
+        Args:
+            x: a batch of inputs.
+
+        Returns:
+            `{term name: (teacher value, student value)}` as NumPy arrays,
+            the student's after its connector; several teachers' logits are
+            mixed at the term's temperature, as in training.
+        """
+        teacher_outputs = self._teacher_view(x, training=False)
+        student_outputs = self._student_view(x, training=False)
+        pairs = {}
+        for loss, term in zip(self.distillation_losses, self.term_names):
+            teacher, student = self._pair(loss, term, teacher_outputs, student_outputs, False)
+            pairs[term] = (keras.ops.convert_to_numpy(teacher), keras.ops.convert_to_numpy(student))
+        return pairs
+
     # ----------------------------------------------------------------- step
 
     def train_step(self, data):
@@ -216,7 +237,7 @@ class Distiller(keras.Model):
         gradients = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
         return self._update_metrics(
-            terms, x, targets, student_outputs[taps.OUTPUT], sample_weight
+            terms, x, targets, teacher_outputs, student_outputs, sample_weight
         )
 
     def test_step(self, data):
@@ -227,7 +248,7 @@ class Distiller(keras.Model):
             _targets(y), sample_weight, teacher_outputs, student_outputs, False
         )
         return self._update_metrics(
-            terms, x, _targets(y), student_outputs[taps.OUTPUT], sample_weight
+            terms, x, _targets(y), teacher_outputs, student_outputs, sample_weight
         )
 
     def _objective(
@@ -281,11 +302,16 @@ class Distiller(keras.Model):
         )
         return terms
 
-    def _term(self, loss, term, teacher_outputs, student_outputs, training, targets):
+    def _pair(self, loss, term, teacher_outputs, student_outputs, training):
+        """The (teacher, student) values a loss compares, after the connector."""
         teacher = self._teacher_input(loss, teacher_outputs)
         student = _select(student_outputs, loss, "student_layer_name")
         if term in self.connectors:
             student = self.connectors[term](student, training=training)
+        return teacher, student
+
+    def _term(self, loss, term, teacher_outputs, student_outputs, training, targets):
+        teacher, student = self._pair(loss, term, teacher_outputs, student_outputs, training)
         loss.validate_outputs(teacher, student)
         if getattr(loss, "uses_labels", False):
             # Labels only when every sample has exactly one (no mixing).
@@ -295,6 +321,17 @@ class Distiller(keras.Model):
             value = loss.compute_loss(teacher, student)
         _check_scalar(value, loss, term)
         return ops.cast(value, "float32")
+
+    def _teacher_agreement(self, teacher_outputs, student_outputs):
+        """Fraction of samples whose top-1 class is the teacher's, or None
+        for models with several outputs."""
+        teacher, student = teacher_outputs[taps.LOGITS], student_outputs[taps.LOGITS]
+        if len(self.teachers) > 1:
+            teacher = mixture_logits(teacher, self.teacher_weights, 1.0)
+        if isinstance(teacher, (list, tuple, dict)) or isinstance(student, (list, tuple, dict)):
+            return None
+        same = ops.argmax(teacher, axis=-1) == ops.argmax(student, axis=-1)
+        return ops.mean(ops.cast(same, "float32"))
 
     def _teacher_input(self, loss, teacher_outputs):
         """What `loss` reads of the teacher(s); several teachers' logits are
@@ -311,8 +348,12 @@ class Distiller(keras.Model):
             )
         return teacher
 
-    def _update_metrics(self, terms, x, targets, y_pred, sample_weight):
+    def _update_metrics(self, terms, x, targets, teacher_outputs, student_outputs, sample_weight):
+        y_pred = student_outputs[taps.OUTPUT]
         batch_size = ops.cast(ops.shape(keras.tree.flatten(x)[0])[0], "float32")
+        agreement = self._teacher_agreement(teacher_outputs, student_outputs)
+        if agreement is not None:
+            self._agreement_metric.update_state(agreement, sample_weight=batch_size)
         self._loss_tracker.update_state(terms["loss"], sample_weight=batch_size)
         self._student_loss_metric.update_state(
             terms["student_loss"], sample_weight=batch_size

@@ -151,12 +151,22 @@ def test_several_terms_are_logged_under_their_own_names():
     x, y = toy_data(32)
     logs = distiller.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
     assert set(logs) == {
-        "loss", "student_loss", "distillation_loss", "accuracy",
+        "loss", "student_loss", "distillation_loss", "accuracy", "teacher_agreement",
         "logits_distillation", "logits_distillation_1",
     }
     assert logs["distillation_loss"] == pytest.approx(
         logs["logits_distillation"] + 0.5 * logs["logits_distillation_1"], rel=1e-5
     )
+
+
+def test_teacher_agreement_is_the_share_of_matching_top_classes():
+    teacher, student = dense_classifier(16), dense_classifier(4)
+    distiller = compiled(keras_kd.Distiller(teacher, student))
+    x, y = toy_data(40)
+    logs = distiller.evaluate(x, y, batch_size=40, verbose=0, return_dict=True)
+    same = teacher.predict(x, verbose=0).argmax(1) == student.predict(x, verbose=0).argmax(1)
+    assert 0 < same.mean() < 1
+    assert logs["teacher_agreement"] == pytest.approx(same.mean())
 
 
 def test_unlabelled_data_trains_the_student_from_the_teacher_alone():

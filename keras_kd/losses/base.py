@@ -94,7 +94,8 @@ class DistillationLoss:
 
 
 def _snake_case(name):
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    """`LogitsDistillation` -> `logits_distillation`, `DKD` -> `dkd`."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
 
 def as_float(value):

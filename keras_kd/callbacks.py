@@ -1,0 +1,213 @@
+"""Schedules for temperature and loss weights, and distillation histograms.
+
+Everything the training step returns (`loss`, `student_loss`,
+`distillation_loss`, each term, `teacher_agreement`, compiled metrics) is
+already written by the stock `keras.callbacks.TensorBoard`; this module adds
+only what it cannot: moving the Distiller's knobs during `fit`, and
+histograms of what teacher and student produce.
+"""
+
+import os
+import re
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_kd.losses.base import as_float
+
+
+class DistillationScheduler(keras.callbacks.Callback):
+    """Sets temperatures and loss weights by epoch or step, like
+    `keras.callbacks.LearningRateScheduler`.
+
+    Each schedule is a callable of the epoch (or of the optimizer's step
+    count, with `per="step"`) returning the value: a Python function, or any
+    `keras.optimizers.schedules.LearningRateSchedule` for the common shapes —
+    `PolynomialDecay(0.0, n, 1.0)` is a linear warm-up from 0 to 1 over `n`,
+    `CosineDecay(...)` a cosine, `PiecewiseConstantDecay(...)` steps. Values
+    are assigned to the Distiller's `keras.Variable`s, so they act inside the
+    compiled step, and are written into `logs` (put this callback before
+    `TensorBoard` or `CSVLogger` in the list, so they record them).
+
+    Targets (keys of `schedules`):
+
+    - `"student_loss_weight"`;
+    - `"distillation_loss_weights[i]"` or `"<term>.weight"`;
+    - `"<term>.<number>"` for a loss's schedulable number, e.g.
+      `"logits_distillation.temperature"` or `"dkd.beta"`;
+    - `"temperature"` when exactly one loss has a temperature.
+
+    `<term>` is the name the term is logged under (`distiller.term_names`).
+
+    Args:
+        schedules: `{target: callable}`.
+        per: `"epoch"` (at the start of each epoch) or `"step"` (before each
+            training batch, from `optimizer.iterations`, so a resumed run
+            continues its schedule).
+        verbose: 1 prints the values at each epoch start.
+
+    Raises:
+        ValueError: at the start of `fit`, if a target names nothing.
+
+    Example:
+
+    ```python
+    # FitNets: hints only for 10 epochs, then logits only.
+    hints_then_logits = keras_kd.callbacks.DistillationScheduler({
+        "feature_distillation.weight": lambda epoch: 1.0 if epoch < 10 else 0.0,
+        "logits_distillation.weight": lambda epoch: 0.0 if epoch < 10 else 1.0,
+    })
+    ```
+    """
+
+    def __init__(self, schedules, per="epoch", verbose=0):
+        super().__init__()
+        if per not in ("epoch", "step"):
+            raise ValueError(f"`per` must be 'epoch' or 'step', but received {per!r}.")
+        for target, schedule in schedules.items():
+            if not callable(schedule):
+                raise ValueError(
+                    f"The schedule of '{target}' must be a callable of the "
+                    f"{per} (a function or a keras.optimizers.schedules "
+                    f"object), but received {schedule!r}."
+                )
+        self.schedules = dict(schedules)
+        self.per = per
+        self.verbose = verbose
+        self._variables = None
+
+    def on_train_begin(self, logs=None):
+        self._variables = {
+            target: schedulable_variable(self.model, target) for target in self.schedules
+        }
+        if self.per == "step":
+            self._assign(int(self.model.optimizer.iterations.numpy()))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.per == "epoch":
+            self._assign(epoch)
+        if self.verbose:
+            values = ", ".join(f"{t}={as_float(v):.4g}" for t, v in self._variables.items())
+            print(f"\nEpoch {epoch + 1}: DistillationScheduler sets {values}.")
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.per == "step":
+            self._assign(int(self.model.optimizer.iterations.numpy()))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._log(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._log(logs)
+
+    def _assign(self, position):
+        for target, variable in self._variables.items():
+            variable.assign(float(keras.ops.convert_to_numpy(self.schedules[target](position))))
+
+    def _log(self, logs):
+        if logs is not None:
+            for target, variable in self._variables.items():
+                logs[target] = as_float(variable)
+
+
+def schedulable_variable(distiller, target):
+    """The Distiller's variable a schedule target names.
+
+    Args:
+        distiller: a `keras_kd.Distiller`.
+        target: see `DistillationScheduler`.
+
+    Returns:
+        A non-trainable `keras.Variable`.
+
+    Raises:
+        ValueError: if `target` names nothing, listing the valid targets.
+    """
+    terms = dict(zip(distiller.term_names, distiller.distillation_losses))
+    weights = dict(zip(distiller.term_names, distiller.distillation_loss_weights))
+    if target == "student_loss_weight":
+        return distiller.student_loss_weight
+    indexed = re.fullmatch(r"distillation_loss_weights\[(\d+)\]", target)
+    if indexed and int(indexed.group(1)) < len(weights):
+        return distiller.distillation_loss_weights[int(indexed.group(1))]
+    term, _, attribute = target.rpartition(".")
+    if term in terms and attribute == "weight":
+        return weights[term]
+    if term in terms and attribute in getattr(terms[term], "schedulable", ()):
+        return getattr(terms[term], attribute)
+    if target == "temperature":
+        tempered = [t for t, loss in terms.items() if "temperature" in getattr(loss, "schedulable", ())]
+        if len(tempered) == 1:
+            return terms[tempered[0]].temperature
+    valid = ["student_loss_weight"] + [
+        f"distillation_loss_weights[{i}]" for i in range(len(weights))
+    ]
+    for name, loss in terms.items():
+        valid += [f"{name}.weight"] + [
+            f"{name}.{a}" for a in getattr(loss, "schedulable", ())
+        ]
+    raise ValueError(
+        f"DistillationScheduler target '{target}' names nothing in this "
+        f"Distiller. Valid targets: {valid}."
+    )
+
+
+class DistillationHistograms(keras.callbacks.Callback):
+    """Every N epochs, histograms of what teacher and student produce.
+
+    For each logit term: the teacher's and the student's softened class
+    probabilities; for each feature term: the absolute error between the
+    teacher feature and the (connector-mapped) student feature. Computed in
+    inference mode on `data`, written with `tf.summary` to
+    `<log_dir>/train`, next to the stock TensorBoard callback's scalars.
+
+    Args:
+        log_dir: the TensorBoard log folder (the same as `TensorBoard`'s).
+        data: a batch of inputs (NumPy array or tensor) to compute them on.
+        every_n_epochs: how often.
+
+    Example:
+
+    ```python
+    distiller.fit(..., callbacks=[
+        keras.callbacks.TensorBoard("logs"),
+        keras_kd.callbacks.DistillationHistograms("logs", x_val[:256]),
+    ])
+    ```
+    """
+
+    def __init__(self, log_dir, data, every_n_epochs=1):
+        super().__init__()
+        self.log_dir = log_dir
+        self.data = data
+        self.every_n_epochs = every_n_epochs
+        self._writer = None
+
+    def on_train_begin(self, logs=None):
+        self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch % self.every_n_epochs:
+            return
+        pairs = self.model.distillation_outputs(self.data)
+        with self._writer.as_default(step=epoch):
+            for term, (teacher, student) in pairs.items():
+                loss = dict(zip(self.model.term_names, self.model.distillation_losses))[term]
+                if getattr(loss, "expects_logits", False) and getattr(loss, "teacher_layer_name", None) is None:
+                    temperature = as_float(getattr(loss, "temperature", 1.0))
+                    tf.summary.histogram(f"{term}/teacher_probabilities", _softmax(teacher, temperature))
+                    tf.summary.histogram(f"{term}/student_probabilities", _softmax(student, temperature))
+                else:
+                    tf.summary.histogram(f"{term}/feature_error", np.abs(teacher - student))
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _softmax(logits, temperature):
+    z = np.asarray(logits, "float64") / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    return np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
