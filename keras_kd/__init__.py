@@ -1,7 +1,9 @@
 """keras_kd: correct, fast knowledge distillation for Keras 3 on TensorFlow."""
 
-from keras_kd import augment, connectors, datasets, losses
+from keras_kd import augment, callbacks, connectors, datasets, losses
+from keras_kd.cache import cache_teacher_outputs
 from keras_kd.distiller import Distiller
+from keras_kd.export import export_student
 from keras_kd.losses import DistillationLoss, FeatureDistillation, LogitsDistillation
 from keras_kd.taps import FINAL_OUTPUT
 
@@ -14,6 +16,9 @@ __all__ = [
     "FeatureDistillation",
     "LogitsDistillation",
     "augment",
+    "cache_teacher_outputs",
+    "callbacks",
+    "export_student",
     "connectors",
     "datasets",
     "losses",

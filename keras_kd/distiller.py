@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_kd import augment, taps
+from keras_kd import augment, cache, taps
 from keras_kd.losses.base import as_float, check_number
 from keras_kd.losses.logits import LogitsDistillation, mixture_logits
 
@@ -195,6 +195,7 @@ class Distiller(keras.Model):
         self.optimizer.build(self.trainable_variables)
 
     def call(self, inputs, training=None):
+        inputs, _ = cache.split(inputs)
         return self.student(inputs, training=training)
 
     def distillation_outputs(self, x):
@@ -220,10 +221,20 @@ class Distiller(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, cached = cache.split(x)
         targets = _targets(y)
         if self._augment is not None:
+            if cached is not None:
+                raise ValueError(
+                    "The batches carry cached teacher outputs, which describe "
+                    "the inputs before augmentation, but this Distiller "
+                    "augments each batch (augmentation="
+                    f"{self.augmentation!r}), so teacher and student would "
+                    "see different inputs. Train on the uncached data, or "
+                    "build the Distiller without augmentation."
+                )
             x, targets = self._augment(x, targets)
-        teacher_outputs = self._teacher_view(x, training=False)
+        teacher_outputs = self._teacher_outputs(x, cached)
         with tf.GradientTape() as tape:
             student_outputs = self._student_view(x, training=True)
             terms = self._objective(
@@ -242,7 +253,8 @@ class Distiller(keras.Model):
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        teacher_outputs = self._teacher_view(x, training=False)
+        x, cached = cache.split(x)
+        teacher_outputs = self._teacher_outputs(x, cached)
         student_outputs = self._student_view(x, training=False)
         terms = self._objective(
             _targets(y), sample_weight, teacher_outputs, student_outputs, False
@@ -302,6 +314,22 @@ class Distiller(keras.Model):
         )
         return terms
 
+    def _teacher_outputs(self, x, cached):
+        """The teacher's outputs: from the batch's cache, else one forward."""
+        if cached is None:
+            return self._teacher_view(x, training=False)
+        needed = {taps.OUTPUT, taps.LOGITS} | set(
+            _layer_paths(self.distillation_losses, "teacher_layer_name")
+        )
+        if not needed <= set(cached):
+            raise ValueError(
+                f"The cached teacher outputs hold {sorted(cached)}, but this "
+                f"Distiller's losses read {sorted(needed)}. Build the cache "
+                f"from the Distiller, cache_teacher_outputs(distiller, ...), "
+                f"so that every tapped layer is included."
+            )
+        return cached
+
     def _pair(self, loss, term, teacher_outputs, student_outputs, training):
         """The (teacher, student) values a loss compares, after the connector."""
         teacher = self._teacher_input(loss, teacher_outputs)
@@ -322,6 +350,20 @@ class Distiller(keras.Model):
         _check_scalar(value, loss, term)
         return ops.cast(value, "float32")
 
+    def get_metrics_result(self):
+        """Keras's, leaving out compiled metrics that never saw labels (a
+        Distiller trained on unlabelled data)."""
+        results = {}
+        for metric in self.metrics:
+            if not getattr(metric, "built", True):
+                continue
+            result = metric.result()
+            if isinstance(result, dict):
+                results.update(result)
+            else:
+                results[metric.name] = result
+        return results
+
     def _teacher_agreement(self, teacher_outputs, student_outputs):
         """Fraction of samples whose top-1 class is the teacher's, or None
         for models with several outputs."""
@@ -337,7 +379,7 @@ class Distiller(keras.Model):
         """What `loss` reads of the teacher(s); several teachers' logits are
         mixed at the loss's temperature."""
         teacher = _select(teacher_outputs, loss, "teacher_layer_name")
-        if len(self.teachers) > 1 and isinstance(teacher, list):
+        if len(self.teachers) > 1 and isinstance(teacher, (list, tuple)):
             if isinstance(teacher[0], tf.TensorSpec):
                 return tf.TensorSpec(teacher[0].shape, "float32")
             return mixture_logits(

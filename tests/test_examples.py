@@ -7,6 +7,7 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
@@ -19,9 +20,17 @@ def load_example(name):
     return module
 
 
-def test_mnist1d_example_runs_as_a_script(tmp_path):
+@pytest.mark.parametrize(
+    "script, arguments",
+    [
+        ("distill_mnist1d.py", ["--epochs", "1"]),
+        ("feature_distillation.py", ["--epochs", "1"]),
+        ("fitnets_two_stage.py", ["--epochs", "2", "--hint-epochs", "1"]),
+    ],
+)
+def test_mnist1d_examples_run_as_scripts(tmp_path, script, arguments):
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "distill_mnist1d.py"), "--epochs", "1"],
+        [sys.executable, str(EXAMPLES / script), *arguments],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
