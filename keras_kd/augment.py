@@ -30,6 +30,8 @@ from keras_kd.losses.base import check_number
 class Augmentation(abc.ABC):
     """Base class: `__call__(x, targets)` returns `(x, targets)`."""
 
+    supports_jit = True
+
     @abc.abstractmethod
     def __call__(self, x, targets):
         """Returns the augmented inputs and the matching `(y, weight)` list."""
@@ -45,7 +47,9 @@ class Mixup(Augmentation):
 
     Args:
         alpha: the Beta distribution's parameter (> 0); 1.0 draws `lam`
-            uniformly, smaller values mix less.
+            uniformly, smaller values mix less. Under `jit_compile=True`
+            only 1.0 works: TensorFlow has no XLA kernel for the gamma
+            sampling that other values need.
         seed: an int for reproducible draws, or `None`.
 
     Raises:
@@ -72,11 +76,18 @@ class Mixup(Augmentation):
         self.seed = seed
         self._seed_generator = keras.random.SeedGenerator(seed)
 
+    @property
+    def supports_jit(self):
+        return self.alpha == 1.0
+
     def __call__(self, x, targets):
         batch = ops.shape(keras.tree.flatten(x)[0])[0]
-        lam = keras.random.beta(
-            (batch,), self.alpha, self.alpha, seed=self._seed_generator
-        )
+        if self.alpha == 1.0:  # Beta(1, 1) is uniform, and XLA can draw it
+            lam = keras.random.uniform((batch,), seed=self._seed_generator)
+        else:
+            lam = keras.random.beta(
+                (batch,), self.alpha, self.alpha, seed=self._seed_generator
+            )
         partner = keras.random.shuffle(
             ops.arange(batch), seed=self._seed_generator
         )
@@ -178,6 +189,10 @@ class InputAugmentation(Augmentation):
         call = getattr(transform, "call", transform)
         self._takes_training = "training" in inspect.signature(call).parameters
 
+    @property
+    def supports_jit(self):
+        return getattr(self.transform, "supports_jit", True)
+
     def __call__(self, x, targets):
         if self._takes_training:
             return self.transform(x, training=True), targets
@@ -189,6 +204,10 @@ class Sequence(Augmentation):
 
     def __init__(self, augmentations):
         self.augmentations = [as_augmentation(a) for a in augmentations]
+
+    @property
+    def supports_jit(self):
+        return all(a.supports_jit for a in self.augmentations)
 
     def __call__(self, x, targets):
         for augmentation in self.augmentations:

@@ -172,6 +172,9 @@ class Distiller(keras.Model):
             metrics: metrics of the student's predictions against `y`.
             **kwargs: passed to `keras.Model.compile`.
 
+        A `mixed_float16` student gets its optimizer wrapped in a
+        `keras.optimizers.LossScaleOptimizer`, as Keras does for a mixed model.
+
         Raises:
             ValueError: if `loss` is missing while `student_loss_weight > 0`.
         """
@@ -185,9 +188,26 @@ class Distiller(keras.Model):
                 f"the Distiller with student_loss_weight=0.0 to learn from "
                 f"the teacher alone."
             )
+        optimizer = keras.optimizers.get(optimizer)
+        if self.student.dtype_policy.name == "mixed_float16" and not isinstance(
+            optimizer, keras.optimizers.LossScaleOptimizer
+        ):
+            # Keras wraps only when the Distiller's own policy is mixed; a
+            # mixed_float16 student under a float32 Distiller needs it too.
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         super().compile(
             optimizer=optimizer, loss=loss, metrics=metrics, **kwargs
         )
+        if self.jit_compile and self._augment is not None and not self._augment.supports_jit:
+            if kwargs.get("jit_compile") is True:
+                raise ValueError(
+                    f"jit_compile=True, but the augmentation "
+                    f"{self.augmentation!r} cannot be compiled with XLA (e.g. "
+                    f"Mixup with alpha != 1 needs gamma sampling, which has "
+                    f"no XLA kernel). Use Mixup(alpha=1.0), or "
+                    f"jit_compile=False."
+                )
+            self.jit_compile = False
 
     def compile_from_config(self, config):
         """Re-compiles a loaded Distiller, optimizer state included."""
@@ -350,6 +370,21 @@ class Distiller(keras.Model):
         _check_scalar(value, loss, term)
         return ops.cast(value, "float32")
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras (3.15) takes a first batch to build the compiled metrics and
+        # reduces it across replicas with strategy.reduce("MEAN"), which
+        # raises under MultiWorkerMirroredStrategy ("Attempt to convert a
+        # value (PerReplica...)"), for any model. Only shapes matter here:
+        # one replica's part of the batch has them.
+        if iterator is not None and data_batch is None:
+            for _, _, batches in iterator:
+                data_batch = keras.tree.map_structure(
+                    lambda value: _one_replica(value, self.distribute_strategy),
+                    next(batches),
+                )
+                break
+        return super()._maybe_symbolic_build(data_batch=data_batch)
+
     def get_metrics_result(self):
         """Keras's, leaving out compiled metrics that never saw labels (a
         Distiller trained on unlabelled data)."""
@@ -410,7 +445,13 @@ class Distiller(keras.Model):
                 self._compile_metrics.update_state(
                     y, y_pred, _combine(sample_weight, target_weight)
                 )
-        return self.get_metrics_result()
+        results = self.get_metrics_result()
+        if _multi_worker(self.distribute_strategy):
+            # Keras (3.15) reduces step results across workers with
+            # strategy.reduce("MEAN", value, axis=0), which fails on
+            # scalars; a 1-element vector reduces to the same mean.
+            results = {k: ops.reshape(v, (1,)) for k, v in results.items()}
+        return results
 
     # ----------------------------------------------------------- validation
 
@@ -534,6 +575,18 @@ def _serialize_model(model):
 
 def _num_replicas():
     return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _multi_worker(strategy):
+    return isinstance(
+        strategy, tf.distribute.MultiWorkerMirroredStrategy
+    ) and strategy.extended._in_multi_worker_mode()
+
+
+def _one_replica(value, strategy):
+    if isinstance(value, tf.distribute.DistributedValues):
+        return strategy.experimental_local_results(value)[0]
+    return value
 
 
 def _targets(y):
