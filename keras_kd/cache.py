@@ -135,7 +135,7 @@ def _first_batch_size(dataset):
 
 def _compute(view, samples, batch_size):
     """Runs the teacher over all samples once; returns per-sample elements."""
-    forward = tf.function(lambda x: view(x, training=False))
+    forward = tf.function(lambda x: view(x, training=False), autograph=False)
     columns = None
     for batch in samples.batch(batch_size):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)

@@ -120,9 +120,10 @@ def tfds(name, split="train"):
     """
     import tensorflow_datasets
 
-    dataset = tensorflow_datasets.load(name, split=split, as_supervised=True, batch_size=-1)
-    x, y = tensorflow_datasets.as_numpy(dataset)
-    x = x.astype("float32")
+    dataset = tensorflow_datasets.load(name, split=split, as_supervised=True)
+    batches = list(dataset.batch(1024).as_numpy_iterator())
+    x = np.concatenate([b[0] for b in batches]).astype("float32")
+    y = np.concatenate([b[1] for b in batches])
     if x.max() > 1.0:
         x = x / 255.0
     return x, y.astype("int32")

@@ -495,7 +495,8 @@ class Distiller(keras.Model):
                 function = tf.function(
                     lambda t, s, loss=loss, connector=connector: loss.compute_loss(
                         t, s if connector is None else connector(s)
-                    )
+                    ),
+                    autograph=False,
                 )
                 value = function.get_concrete_function(
                     teacher, student

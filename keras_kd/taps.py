@@ -78,7 +78,7 @@ class ModelView:
         input_spec = _input_spec(self.model)
         if input_spec is None:
             return None
-        traced = tf.function(lambda x: self(x, training=False))
+        traced = tf.function(lambda x: self(x, training=False), autograph=False)
         outputs = traced.get_concrete_function(input_spec).structured_outputs
         return keras.tree.map_structure(
             lambda t: tf.TensorSpec(t.shape, t.dtype), outputs
