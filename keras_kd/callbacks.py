@@ -158,7 +158,8 @@ class DistillationHistograms(keras.callbacks.Callback):
 
     For each logit term: the teacher's and the student's softened class
     probabilities; for each feature term: the absolute error between the
-    teacher feature and the (connector-mapped) student feature. Computed in
+    teacher feature and the (connector-mapped) student feature, or both
+    features when their shapes differ (attention and relation losses). Computed in
     inference mode on `data`, written with `tf.summary` to
     `<log_dir>/train`, next to the stock TensorBoard callback's scalars.
 
@@ -198,8 +199,11 @@ class DistillationHistograms(keras.callbacks.Callback):
                     temperature = as_float(getattr(loss, "temperature", 1.0))
                     tf.summary.histogram(f"{term}/teacher_probabilities", _softmax(teacher, temperature))
                     tf.summary.histogram(f"{term}/student_probabilities", _softmax(student, temperature))
-                else:
+                elif teacher.shape == student.shape:
                     tf.summary.histogram(f"{term}/feature_error", np.abs(teacher - student))
+                else:  # e.g. attention or relation losses: shapes need not match
+                    tf.summary.histogram(f"{term}/teacher_feature", teacher)
+                    tf.summary.histogram(f"{term}/student_feature", student)
         self._writer.flush()
 
     def on_train_end(self, logs=None):

@@ -18,7 +18,7 @@ BATCH_SIZE = 128
 LEARNING_RATE = 3e-3
 
 
-def teacher_model():
+def teacher_model(name="teacher"):
     """The demo's teacher: a 1-D CNN with global average pooling."""
     layers = keras.layers
     inputs = keras.Input((40, 1), name="signal")
@@ -27,17 +27,17 @@ def teacher_model():
     x = layers.Conv1D(48, 5, strides=2, padding="same", activation="relu", name="conv3")(x)
     x = layers.Conv1D(48, 3, padding="same", activation="relu", name="conv4")(x)
     x = layers.GlobalAveragePooling1D(name="pool")(x)
-    return keras.Model(inputs, layers.Dense(10, name="logits")(x), name="teacher")
+    return keras.Model(inputs, layers.Dense(10, name="logits")(x), name=name)
 
 
-def student_model():
+def student_model(name="student"):
     """The demo's student: a tiny 1-D CNN with a flat dense head."""
     layers = keras.layers
     inputs = keras.Input((40, 1), name="signal")
     x = layers.Conv1D(8, 5, strides=2, padding="same", activation="relu", name="conv1")(inputs)
     x = layers.Conv1D(8, 5, strides=2, padding="same", activation="relu", name="conv2")(x)
     x = layers.Flatten(name="flatten")(x)
-    return keras.Model(inputs, layers.Dense(10, name="logits")(x), name="student")
+    return keras.Model(inputs, layers.Dense(10, name="logits")(x), name=name)
 
 
 def optimizer(epochs, samples):

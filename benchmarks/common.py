@@ -1,0 +1,71 @@
+"""Shared pieces of the benchmarks: models, data, interleaved timing."""
+
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+
+def conv_net(widths, name, classes=10, length=40):
+    """A 1-D CNN: one conv block per width (the last one named 'feature')."""
+    inputs = keras.Input((length, 1))
+    x = inputs
+    for i, width in enumerate(widths):
+        last = i == len(widths) - 1
+        x = keras.layers.Conv1D(width, 5, padding="same", activation="relu",
+                                name="feature" if last else f"conv{i}")(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, keras.layers.Dense(classes)(x), name=name)
+
+
+def batches(count, batch_size=128, length=40, classes=10, seed=0):
+    """`count` fixed random batches as a tf.data.Dataset."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(count * batch_size, length, 1)).astype("float32")
+    y = rng.integers(0, classes, count * batch_size)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).cache()
+
+
+def interleaved(candidates, repeats=7):
+    """Runs each candidate once per round, round after round.
+
+    Args:
+        candidates: `{name: zero-argument function returning seconds}`.
+        repeats: rounds.
+
+    Returns:
+        `{name: [seconds per round]}`.
+    """
+    times = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, run in candidates.items():
+            times[name].append(run())
+    return times
+
+
+def timed(function):
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def median_ratio(numerator, denominator):
+    """Median over rounds of the per-round ratio (robust to drifting load)."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator))
+
+
+def machine():
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, Python "
+            f"{platform.python_version()}, TensorFlow {tf.__version__}, Keras {keras.__version__}")
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
