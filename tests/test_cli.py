@@ -61,7 +61,7 @@ def test_quick_demo_prints_the_table_and_writes_its_files(tmp_path, capsys):
 
 
 def test_distill_with_features_cache_logs_and_int8_export(models, tmp_path, capsys):
-    code = distill(models, tmp_path, "--feature", "conv2:conv1", "--feature", "conv4:conv2:attention",
+    code = distill(models, tmp_path, "--feature", "conv1:conv1", "--feature", "conv3:conv1:attention",
                    "--cache-teacher", "--logdir", str(tmp_path / "logs"), "--export-tflite", "int8")
     assert code == 0
     out = capsys.readouterr().out
@@ -104,7 +104,7 @@ def test_export_command(models, tmp_path, capsys):
         (["--data", "cifar99"], "Unknown data spec 'cifar99'. Pass one of: mnist1d, digits"),
         (["--data", "digits"], "Data 'digits' has inputs of shape (8, 8, 1), but the models take (40, 1)"),
         (["--data", "{labels}"], "Data '{labels}' has labels up to 11 (12 classes), but the models output 10"),
-        (["--config", "{noproj}"], "but their shapes differ: teacher (None, 20, 32), student (None, 20, 8). "
+        (["--config", "{noproj}"], "but their shapes differ: teacher (None, 20, 32), student (None, 40, 8). "
                                    "Pass projection='auto'"),
         (["--config", "{config}", "--temperature", "2"], "--config replaces --temperature"),
     ],
