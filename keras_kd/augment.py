@@ -82,32 +82,103 @@ class Mixup(Augmentation):
 
     def __call__(self, x, targets):
         batch = ops.shape(keras.tree.flatten(x)[0])[0]
-        if self.alpha == 1.0:  # Beta(1, 1) is uniform, and XLA can draw it
-            lam = keras.random.uniform((batch,), seed=self._seed_generator)
-        else:
-            lam = keras.random.beta(
-                (batch,), self.alpha, self.alpha, seed=self._seed_generator
-            )
-        partner = keras.random.shuffle(
-            ops.arange(batch), seed=self._seed_generator
-        )
+        lam = _draw_lam(batch, self.alpha, self._seed_generator)
+        partner = keras.random.shuffle(ops.arange(batch), seed=self._seed_generator)
 
         def mix(tensor):
             weight = ops.reshape(lam, (-1,) + (1,) * (len(tensor.shape) - 1))
             weight = ops.cast(weight, tensor.dtype)
             return weight * tensor + (1 - weight) * ops.take(tensor, partner, 0)
 
-        mixed_targets = []
-        for y, weight in targets:
-            own = lam if weight is None else weight * lam
-            other = 1 - lam
-            if weight is not None:
-                other = ops.take(weight, partner, 0) * other
-            mixed_targets.append((y, own))
-            mixed_targets.append(
-                (keras.tree.map_structure(lambda t: ops.take(t, partner, 0), y), other)
+        return keras.tree.map_structure(mix, x), _mix_targets(targets, lam, partner)
+
+    def get_config(self):
+        return {"alpha": self.alpha, "seed": self.seed}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class CutMix(Augmentation):
+    """Pastes a random window (sequences) or box (images) of another sample.
+
+    For inputs of shape `(batch, steps, channels)` a window of
+    `(1 - lam) * steps` steps, for `(batch, height, width, channels)` a box of
+    area fraction `(1 - lam)`, is copied from a random partner of the
+    (per-replica) batch; `lam ~ Beta(alpha, alpha)`. Each sample's hard-label
+    loss is weighted by the area it keeps, as in the paper; the teacher's
+    soft targets, with `Distiller(augmentation=...)`, describe the spliced
+    input exactly, which is where distillation gains most.
+
+    Args:
+        alpha: the Beta distribution's parameter (> 0); 1.0 (uniform) is
+            the only value that compiles with XLA.
+        seed: an int for reproducible draws, or `None`.
+
+    Raises:
+        ValueError: if `alpha` is not a positive number.
+
+    Example:
+
+    ```python
+    keras_kd.Distiller(teacher, student, keras_kd.LogitsDistillation(1.0),
+                       student_loss_weight=0.0,
+                       augmentation=keras_kd.augment.CutMix())
+    ```
+
+    Reference:
+        Yun et al., "CutMix: Regularization Strategy to Train Strong
+        Classifiers with Localizable Features", ICCV 2019, arXiv:1905.04899.
+    """
+
+    def __init__(self, alpha=1.0, seed=None):
+        self.alpha = check_number(alpha, "alpha", minimum=0.0, strict=True)
+        self.seed = seed
+        self._seed_generator = keras.random.SeedGenerator(seed)
+
+    @property
+    def supports_jit(self):
+        return self.alpha == 1.0
+
+    def __call__(self, x, targets):
+        batch = ops.shape(keras.tree.flatten(x)[0])[0]
+        lam = _draw_lam(batch, self.alpha, self._seed_generator)
+        partner = keras.random.shuffle(ops.arange(batch), seed=self._seed_generator)
+        first = keras.tree.flatten(x)[0]
+        mask = self._mask(first.shape, batch, lam)  # 1 where the partner shows
+        kept = 1.0 - ops.mean(ops.reshape(mask, (batch, -1)), axis=1)
+
+        def paste(tensor):
+            cut = ops.cast(mask, tensor.dtype)
+            return (1 - cut) * tensor + cut * ops.take(tensor, partner, 0)
+
+        return keras.tree.map_structure(paste, x), _mix_targets(targets, kept, partner)
+
+    def _mask(self, shape, batch, lam):
+        spatial = [int(size) for size in shape[1:-1]]
+        if len(spatial) not in (1, 2):
+            raise ValueError(
+                f"CutMix takes (batch, steps, channels) or (batch, height, "
+                f"width, channels) inputs, but received shape {tuple(shape)}."
             )
-        return keras.tree.map_structure(mix, x), mixed_targets
+        # Window length (1-D) or box side (2-D) fraction: (1 - lam)^(1/d).
+        side = ops.power(1.0 - lam, 1.0 / len(spatial))
+        mask = None
+        for axis, size in enumerate(spatial):
+            length = ops.round(side * size)
+            start = ops.floor(
+                keras.random.uniform((batch,), seed=self._seed_generator) * (size - length + 1)
+            )
+            position = ops.cast(ops.arange(size), "float32")[None, :]
+            inside = (position >= start[:, None]) & (position < (start + length)[:, None])
+            inside = ops.reshape(
+                ops.cast(inside, "float32"),
+                (batch,) + tuple(size if a == axis else 1 for a in range(len(spatial))),
+            )
+            mask = inside if mask is None else mask * inside
+        return mask[..., None]
 
     def get_config(self):
         return {"alpha": self.alpha, "seed": self.seed}
@@ -174,6 +245,27 @@ class RandomShift(Augmentation):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _draw_lam(batch, alpha, seed_generator):
+    """One mixing coefficient per sample, `Beta(alpha, alpha)`."""
+    if alpha == 1.0:  # Beta(1, 1) is uniform, and XLA can draw it
+        return keras.random.uniform((batch,), seed=seed_generator)
+    return keras.random.beta((batch,), alpha, alpha, seed=seed_generator)
+
+
+def _mix_targets(targets, lam, partner):
+    """Each `(y, weight)` pair becomes the sample's own label weighted by
+    `lam` and its partner's weighted by `1 - lam`."""
+    mixed = []
+    for y, weight in targets:
+        own = lam if weight is None else weight * lam
+        other = 1 - lam
+        if weight is not None:
+            other = ops.take(weight, partner, 0) * other
+        mixed.append((y, own))
+        mixed.append((keras.tree.map_structure(lambda t: ops.take(t, partner, 0), y), other))
+    return mixed
 
 
 class InputAugmentation(Augmentation):

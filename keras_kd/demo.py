@@ -58,44 +58,47 @@ def hard_label_loss():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def mixup_batches(x, y, seed=None):
-    """Shuffled batches mixed pairwise (mixup, lam ~ Uniform = Beta(1, 1)),
-    with the one-hot labels mixed alike: the labels-only recipe."""
-    def mix(inputs, labels):
-        batch = tf.shape(inputs)[0]
-        lam = tf.random.uniform([batch, 1])
-        partner = tf.random.shuffle(tf.range(batch))
-        lam_x = tf.reshape(lam, [batch] + [1] * (len(inputs.shape) - 1))
-        inputs = lam_x * inputs + (1 - lam_x) * tf.gather(inputs, partner)
-        return inputs, lam * labels + (1 - lam) * tf.gather(labels, partner)
-
-    dataset = tf.data.Dataset.from_tensor_slices((x, tf.one_hot(y, CLASSES)))
-    dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(BATCH_SIZE).map(mix).prefetch(tf.data.AUTOTUNE)
+def recipe_augmentation(seed=None):
+    """The augmentation every demo model trains with: random shifts, then
+    CutMix (a window of another sample pasted in)."""
+    return augment.Sequence([augment.RandomShift(6, seed=seed), augment.CutMix(seed=seed)])
 
 
-def train_on_labels(model, x, y, epochs, mixup=True, seed=None, callbacks=(),
+def labelled_batches(x, y, augmentation=None, seed=None):
+    """Shuffled batches; with an augmentation, its (mixed) labels become soft
+    one-hot targets, for training without a teacher."""
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed)
+    dataset = dataset.batch(BATCH_SIZE)
+    if augmentation is not None:
+        def apply(inputs, labels):
+            inputs, targets = augmentation(inputs, [(labels, None)])
+            return inputs, sum(w[:, None] * tf.one_hot(t, CLASSES) for t, w in targets)
+
+        dataset = dataset.map(apply)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def train_on_labels(model, x, y, epochs, augmentation=None, seed=None, callbacks=(),
                     validation_data=None, verbose="auto"):
-    """Trains `model` from labels alone, with mixup by default; returns it."""
-    if mixup:
-        data, loss = mixup_batches(x, y, seed), keras.losses.CategoricalCrossentropy(from_logits=True)
+    """Trains `model` from labels alone (optionally augmented); returns it."""
+    if augmentation is None:
+        loss = hard_label_loss()
+    else:
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True)
         if validation_data is not None:
             validation_data = (validation_data[0], tf.one_hot(validation_data[1], CLASSES))
-    else:
-        data, loss = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed)
-                      .batch(BATCH_SIZE)), hard_label_loss()
     model.compile(optimizer(epochs, len(x)), loss, metrics=["accuracy"])
-    model.fit(data, epochs=epochs, callbacks=list(callbacks), validation_data=validation_data,
-              verbose=verbose)
+    model.fit(labelled_batches(x, y, augmentation, seed), epochs=epochs, callbacks=list(callbacks),
+              validation_data=validation_data, verbose=verbose)
     return model
 
 
 def distiller_recipe(teacher, student, epochs, samples, seed=None):
-    """keras_kd's recipe for MNIST-1D: consistent mixup, pure distillation.
+    """keras_kd's recipe for MNIST-1D: consistent augmentation, pure distillation.
 
-    Teacher and student see the same mixup view of each batch; the student
-    learns the teacher's whole distribution (T=1) on it, without hard labels,
-    for the whole (patient) schedule.
+    Teacher and student see the same shifted, CutMix-ed view of each batch;
+    the student learns the teacher's whole distribution (T=1) on it, without
+    hard labels, for the whole (patient) schedule.
 
     Reference:
         Beyer et al., "Knowledge distillation: A good teacher is patient and
@@ -106,7 +109,7 @@ def distiller_recipe(teacher, student, epochs, samples, seed=None):
         student,
         LogitsDistillation(temperature=1.0),
         student_loss_weight=0.0,
-        augmentation=augment.Mixup(alpha=1.0, seed=seed),
+        augmentation=recipe_augmentation(seed),
     )
     distiller.compile(optimizer(epochs, samples), metrics=["accuracy"])
     return distiller
@@ -151,22 +154,22 @@ def run(output="kd_output", quick=False, epochs=None, seed=0):
             }
         )
 
-    keras.utils.set_random_seed(seed)
-    print(f"== teacher: {epochs} epochs on labels, with mixup")
-    start = time.perf_counter()
-    teacher = train_on_labels(teacher_model(), x_train, y_train, epochs, seed=seed,
-                              callbacks=[board("teacher")], validation_data=(x_test, y_test))
-    record("teacher", teacher, "teacher.keras", time.perf_counter() - start)
+    def from_labels(builder, run_name, title):
+        keras.utils.set_random_seed(seed)
+        print(f"== {title}: {epochs} epochs on labels, shifted and CutMix-ed")
+        start = time.perf_counter()
+        model = train_on_labels(builder(), x_train, y_train, epochs, recipe_augmentation(seed),
+                                seed, callbacks=[board(run_name)], validation_data=(x_test, y_test))
+        return model, time.perf_counter() - start
+
+    teacher, seconds = from_labels(teacher_model, "teacher", "teacher")
+    record("teacher", teacher, "teacher.keras", seconds)
+    alone, seconds = from_labels(student_model, "student_alone", "student from labels alone")
+    record("student, labels alone", alone, "student_alone.keras", seconds)
 
     keras.utils.set_random_seed(seed)
-    print(f"== student from labels alone, with mixup: {epochs} epochs")
-    start = time.perf_counter()
-    alone = train_on_labels(student_model(), x_train, y_train, epochs, seed=seed,
-                            callbacks=[board("student_alone")], validation_data=(x_test, y_test))
-    record("student, labels alone", alone, "student_alone.keras", time.perf_counter() - start)
-
-    keras.utils.set_random_seed(seed)
-    print(f"== student distilled by keras_kd (consistent mixup): {epochs} epochs")
+    print(f"== student distilled by keras_kd (same augmentation, teacher instead of labels): "
+          f"{epochs} epochs")
     student = student_model()
     distiller = distiller_recipe(teacher, student, epochs, len(x_train), seed)
     start = time.perf_counter()

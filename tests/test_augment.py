@@ -90,3 +90,50 @@ def test_bad_augmentation_is_refused():
         augment.Mixup(alpha=0)
     with pytest.raises(ValueError, match=r"`max_shift` must be a non-negative int, but received -1"):
         augment.RandomShift(-1)
+
+
+@pytest.mark.parametrize("shape", [(16, 20, 2), (8, 6, 6, 3)])
+def test_cutmix_pastes_one_window_or_box_and_weights_labels_by_what_is_kept(shape):
+    x = np.random.default_rng(0).normal(size=shape).astype("float32") + 10.0
+    mixed, targets = augment.CutMix(seed=3)(keras.ops.array(x), [(keras.ops.arange(shape[0]), None)])
+    mixed = np.asarray(mixed)
+    (own, kept), (partner, other) = [(np.asarray(t), np.asarray(w)) for t, w in targets]
+    np.testing.assert_allclose(kept + other, 1.0, rtol=1e-6)
+    for i in range(shape[0]):
+        from_partner = np.all(mixed[i] == x[partner[i]], axis=-1) & ~np.all(mixed[i] == x[i], axis=-1)
+        from_self = np.all(mixed[i] == x[i], axis=-1)
+        if partner[i] != i:
+            assert np.all(from_partner | from_self)
+            assert from_self.mean() == pytest.approx(kept[i], abs=1e-6)
+            region = np.argwhere(from_partner)
+            if len(region):  # a single contiguous window / box
+                span = region.max(0) - region.min(0) + 1
+                assert np.prod(span) == len(region)
+    assert kept.std() > 0
+
+
+def test_cutmix_gives_teacher_and_student_the_same_spliced_view():
+    def sequence_model():
+        inputs = keras.Input((12, 1))
+        hidden = keras.layers.Flatten()(keras.layers.Conv1D(4, 3, padding="same")(inputs))
+        return keras.Model(inputs, keras.layers.Dense(3)(hidden))
+
+    teacher, student = sequence_model(), sequence_model()
+    student.set_weights(teacher.get_weights())
+    distiller = keras_kd.Distiller(teacher, student, keras_kd.LogitsDistillation(1.0),
+                                   student_loss_weight=0.0, augmentation=augment.CutMix(seed=0))
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0))
+    x = np.random.default_rng(0).normal(size=(32, 12, 1)).astype("float32")
+    logs = distiller.fit(x, np.zeros(32), batch_size=32, epochs=1, verbose=0).history
+    assert logs["distillation_loss"][0] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_cutmix_refuses_inputs_without_steps():
+    distiller = keras_kd.Distiller(
+        dense_classifier(8), dense_classifier(4), student_loss_weight=0.0,
+        augmentation=augment.CutMix(seed=0),
+    )
+    with pytest.raises(ValueError, match=r"CutMix takes \(batch, steps, channels\) or \(batch, height, "
+                                         r"width, channels\) inputs, but received shape \(None, 8\)"):
+        distiller.compile(optimizer="adam")
+        distiller.fit(*toy_data(16), epochs=1, verbose=0)

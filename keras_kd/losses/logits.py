@@ -173,6 +173,7 @@ class LogitsDistillation(DistillationLoss):
 
     expects_logits = True
     schedulable = ("temperature",)
+    _fixed_loss = False  # family members choose their loss themselves
 
     def __init__(self, temperature=3.0, loss="kl_divergence", name=None):
         self.temperature = check_number(
@@ -238,16 +239,16 @@ class LogitsDistillation(DistillationLoss):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            temperature=as_float(self.temperature),
-            loss=map_losses(serialize_loss, self.loss),
-        )
+        config["temperature"] = as_float(self.temperature)
+        if not self._fixed_loss:
+            config["loss"] = map_losses(serialize_loss, self.loss)
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["loss"] = map_losses(deserialize_loss, config["loss"])
+        if "loss" in config:
+            config["loss"] = map_losses(deserialize_loss, config["loss"])
         return cls(**config)
 
 
@@ -255,18 +256,10 @@ class _FixedLogitLoss(LogitsDistillation):
     """A member of the logit-loss family: `loss` is fixed by the class."""
 
     _loss_name = None
+    _fixed_loss = True
 
     def __init__(self, temperature=1.0, name=None):
         super().__init__(temperature=temperature, loss=self._loss_name, name=name)
-
-    def get_config(self):
-        config = super().get_config()
-        del config["loss"]
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -388,6 +381,7 @@ class DKD(LogitsDistillation):
 
     schedulable = ("temperature", "alpha", "beta")
     uses_labels = True
+    _fixed_loss = True
 
     def __init__(self, temperature=4.0, alpha=1.0, beta=8.0, name=None):
         super().__init__(temperature=temperature, name=name)
@@ -429,14 +423,7 @@ class DKD(LogitsDistillation):
         ) * t_squared
 
     def get_config(self):
-        config = super().get_config()
-        del config["loss"]
-        config.update(alpha=as_float(self.alpha), beta=as_float(self.beta))
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+        return {**super().get_config(), "alpha": as_float(self.alpha), "beta": as_float(self.beta)}
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -471,6 +458,7 @@ class DIST(LogitsDistillation):
     """
 
     schedulable = ("temperature", "beta", "gamma")
+    _fixed_loss = True
 
     def __init__(self, temperature=1.0, beta=1.0, gamma=1.0, name=None):
         super().__init__(temperature=temperature, name=name)
@@ -490,14 +478,7 @@ class DIST(LogitsDistillation):
         )
 
     def get_config(self):
-        config = super().get_config()
-        del config["loss"]
-        config.update(beta=as_float(self.beta), gamma=as_float(self.gamma))
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+        return {**super().get_config(), "beta": as_float(self.beta), "gamma": as_float(self.gamma)}
 
 
 def _pearson(a, b, axis, epsilon=1e-8):

@@ -1,0 +1,63 @@
+"""Runs every benchmark side by side with keras.distillation; writes BENCHMARKS.md.
+
+    python -m benchmarks.run_all [--output BENCHMARKS.md] [--repeats 7]
+                                 [--accuracy-seeds 0 1 2] [--accuracy-epochs 300]
+
+Takes about 10 minutes on 2 CPU cores; the accuracy table is read from the
+accuracy benchmark's last results unless --rerun-accuracy (30 more minutes).
+"""
+
+import argparse
+import datetime
+import os
+
+from benchmarks import accuracy, cache, common, correctness, step_time
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default="BENCHMARKS.md")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--accuracy-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--accuracy-epochs", type=int, default=300)
+    parser.add_argument(
+        "--rerun-accuracy", action="store_true",
+        help=f"rerun the accuracy benchmark (30 minutes) instead of reading {accuracy.RESULTS}",
+    )
+    args = parser.parse_args()
+    if args.rerun_accuracy or not os.path.exists(accuracy.RESULTS):
+        accuracy_text = accuracy.table(
+            accuracy.run(args.accuracy_seeds, args.accuracy_epochs), args.accuracy_epochs)
+        accuracy_source = "measured now"
+    else:
+        with open(accuracy.RESULTS) as file:
+            accuracy_text = file.read().strip()
+        accuracy_source = f"as last written to `{accuracy.RESULTS}` by `python -m benchmarks.accuracy`"
+
+    sections = [
+        "# Benchmarks: keras_kd and keras.distillation side by side",
+        f"Measured {datetime.date.today()} on {common.machine()}. "
+        "Speed figures are medians of per-round ratios, the candidates run in "
+        "interleaved rounds in one process; timings on this kind of machine "
+        f"vary by about ±20%. Reproduce: `python -m benchmarks.run_all` "
+        "(or each `python -m benchmarks.<name>`).",
+        "## Correctness (`python -m benchmarks.correctness`)",
+        correctness.table(correctness.run()),
+        "## Step time (`python -m benchmarks.step_time`)",
+        "Same teacher (3 conv layers of 128) and student (conv 96, conv 128), "
+        "batch 128, 30 steps per round. *Ideal* is a plain student train step "
+        "plus a teacher forward pass.",
+        step_time.table(step_time.run(args.repeats, 30)),
+        "## Teacher-output cache (`python -m benchmarks.cache`)",
+        cache.tables(cache.run(max(3, args.repeats // 2), 10)),
+        "## Accuracy on MNIST-1D (`python -m benchmarks.accuracy`)",
+        f"Test accuracy of the student (teacher in the first row), {accuracy_source}:",
+        accuracy_text,
+    ]
+    with open(args.output, "w") as file:
+        file.write("\n\n".join(sections) + "\n")
+    print(f"Wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
