@@ -14,7 +14,6 @@ import argparse
 import statistics
 
 import keras
-import numpy as np
 
 import keras_kd
 from benchmarks import common

@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 
-MNIST1D_CLASSES = 10
 
 
 def mnist1d(seed=42):

@@ -1,7 +1,6 @@
 """Schedules act inside the compiled step; TensorBoard shows every term."""
 
 import keras
-import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

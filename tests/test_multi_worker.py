@@ -65,6 +65,7 @@ def test_two_workers_end_with_the_single_process_weights(tmp_path, single_proces
     for a, b, r in zip(first, second, reference):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(a, r, atol=1e-5)
+    np.testing.assert_array_equal(first_loss, second_loss)
     np.testing.assert_allclose(first_loss, history["loss"], rtol=1e-5)
 
 
