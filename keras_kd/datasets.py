@@ -5,7 +5,6 @@ import os
 import numpy as np
 
 
-
 def mnist1d(seed=42):
     """MNIST-1D, generated locally by the `mnist1d` package (no download).
 
