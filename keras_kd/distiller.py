@@ -145,15 +145,10 @@ class Distiller(keras.Model):
         teacher_spec = self._teacher_view.output_spec()
         student_spec = self._student_view.output_spec()
         self.connectors = self._build_connectors(teacher_spec, student_spec)
-        self._student_loss_metric = keras.metrics.Mean(name="student_loss")
-        self._distillation_loss_metric = keras.metrics.Mean(
-            name="distillation_loss"
-        )
-        self._agreement_metric = keras.metrics.Mean(name="teacher_agreement")
-        self._term_metrics = (
-            [keras.metrics.Mean(name=term) for term in self.term_names]
-            if len(losses) > 1
-            else []
+        self._logged_terms = _Means(
+            ["student_loss", "distillation_loss"]
+            + (self.term_names if len(losses) > 1 else [])
+            + ["teacher_agreement"]
         )
         self._check_terms_are_scalars(teacher_spec, student_spec)
         # Sub-models are built: marking the Distiller built lets `.keras`
@@ -262,7 +257,7 @@ class Distiller(keras.Model):
             )
             # apply_gradients sums over replicas: each replica contributes
             # its share of the global mean.
-            loss = terms["loss"] / _num_replicas()
+            loss = _scaled(terms["loss"])
             loss = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
         gradients = tape.gradient(loss, variables)
@@ -302,9 +297,7 @@ class Distiller(keras.Model):
                 )
                 # keras.losses.Loss divides by the replica count; undo it so
                 # that every term is a plain per-replica mean.
-                terms["student_loss"] += (
-                    ops.cast(value, "float32") * _num_replicas()
-                )
+                terms["student_loss"] += _unscaled(ops.cast(value, "float32"))
         elif not targets and _traced_value(self.student_loss_weight) > 0:
             raise ValueError(
                 f"The data has no labels, but student_loss_weight="
@@ -400,13 +393,12 @@ class Distiller(keras.Model):
         return results
 
     def _teacher_agreement(self, teacher_outputs, student_outputs):
-        """Fraction of samples whose top-1 class is the teacher's, or None
-        for models with several outputs."""
+        """Fraction of samples whose top-1 class is the teacher's (first
+        output of models with several)."""
         teacher, student = teacher_outputs[taps.LOGITS], student_outputs[taps.LOGITS]
         if len(self.teachers) > 1:
             teacher = mixture_logits(teacher, self.teacher_weights, 1.0)
-        if isinstance(teacher, (list, tuple, dict)) or isinstance(student, (list, tuple, dict)):
-            return None
+        teacher, student = keras.tree.flatten(teacher)[0], keras.tree.flatten(student)[0]
         same = ops.argmax(teacher, axis=-1) == ops.argmax(student, axis=-1)
         return ops.mean(ops.cast(same, "float32"))
 
@@ -428,18 +420,9 @@ class Distiller(keras.Model):
     def _update_metrics(self, terms, x, targets, teacher_outputs, student_outputs, sample_weight):
         y_pred = student_outputs[taps.OUTPUT]
         batch_size = ops.cast(ops.shape(keras.tree.flatten(x)[0])[0], "float32")
-        agreement = self._teacher_agreement(teacher_outputs, student_outputs)
-        if agreement is not None:
-            self._agreement_metric.update_state(agreement, sample_weight=batch_size)
+        terms = dict(terms, teacher_agreement=self._teacher_agreement(teacher_outputs, student_outputs))
         self._loss_tracker.update_state(terms["loss"], sample_weight=batch_size)
-        self._student_loss_metric.update_state(
-            terms["student_loss"], sample_weight=batch_size
-        )
-        self._distillation_loss_metric.update_state(
-            terms["distillation_loss"], sample_weight=batch_size
-        )
-        for metric in self._term_metrics:
-            metric.update_state(terms[metric.name], sample_weight=batch_size)
+        self._logged_terms.update_state(terms, batch_size)
         if self._compile_metrics is not None:
             for y, target_weight in targets:
                 self._compile_metrics.update_state(
@@ -574,8 +557,44 @@ def _serialize_model(model):
     return config
 
 
-def _num_replicas():
-    return tf.distribute.get_strategy().num_replicas_in_sync
+def _scaled(loss):
+    """A per-replica loss divided by the replica count (no op on one)."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss if replicas == 1 else loss / replicas
+
+
+def _unscaled(loss):
+    """The inverse of `_scaled` (keras.losses.Loss values come scaled)."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss if replicas == 1 else loss * replicas
+
+
+class _Means(keras.metrics.Metric):
+    """Batch-size-weighted running means of several scalars, in one state.
+
+    One update per step instead of one `Mean` per logged term: on small
+    models the per-op cost of many trackers is a visible part of a step.
+    `result()` is a dict, which Keras spreads into the logs.
+    """
+
+    def __init__(self, names):
+        super().__init__(name="distillation_terms")
+        self.names = list(names)
+        self.total = self.add_variable(shape=(len(self.names),), initializer="zeros", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, values, batch_size):
+        stacked = ops.stack([ops.cast(values[name], "float32") for name in self.names])
+        self.total.assign_add(stacked * batch_size)
+        self.count.assign_add(batch_size)
+
+    def result(self):
+        means = ops.divide_no_nan(self.total, self.count)
+        return {name: means[i] for i, name in enumerate(self.names)}
+
+    def reset_state(self):
+        self.total.assign(ops.zeros_like(self.total))
+        self.count.assign(0.0)
 
 
 def _multi_worker(strategy):
