@@ -12,14 +12,21 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 
-def conv_net(widths, name, classes=10, length=40):
-    """A 1-D CNN: one conv block per width (the last one named 'feature')."""
+def conv_net(widths, name, classes=10, length=40, regularized=False):
+    """A 1-D CNN: one conv block per width (the last one named 'feature').
+
+    `regularized` adds BatchNormalization and Dropout after each block but
+    the last, as most real networks have (they also keep TensorFlow from
+    merging two identical forward passes into one).
+    """
     inputs = keras.Input((length, 1))
     x = inputs
     for i, width in enumerate(widths):
         last = i == len(widths) - 1
         x = keras.layers.Conv1D(width, 5, padding="same", activation="relu",
                                 name="feature" if last else f"conv{i}")(x)
+        if regularized and not last:
+            x = keras.layers.Dropout(0.1)(keras.layers.BatchNormalization()(x))
     x = keras.layers.GlobalAveragePooling1D()(x)
     return keras.Model(inputs, keras.layers.Dense(classes)(x), name=name)
 

@@ -1,5 +1,7 @@
 """`Distiller`: a frozen teacher supervises a student through `fit`."""
 
+import functools
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -287,43 +289,38 @@ class Distiller(keras.Model):
         the hard-label loss sums the loss of each pair.
         """
         weight = ops.cast(self.student_loss_weight, "float32")
-        terms = {"student_loss": ops.zeros((), "float32")}
-        if targets and self._compile_loss is not None:
-            for y, target_weight in targets:
-                value = self._compile_loss(
-                    y,
-                    student_outputs[taps.OUTPUT],
-                    _combine(sample_weight, target_weight),
-                )
-                # keras.losses.Loss divides by the replica count; undo it so
-                # that every term is a plain per-replica mean.
-                terms["student_loss"] += _unscaled(ops.cast(value, "float32"))
-        elif not targets and _traced_value(self.student_loss_weight) > 0:
+        if not targets and _traced_value(self.student_loss_weight) > 0:
             raise ValueError(
                 f"The data has no labels, but student_loss_weight="
                 f"{_traced_value(self.student_loss_weight)} > 0 needs them. Yield "
                 f"(x, y) batches, or build the Distiller with "
                 f"student_loss_weight=0.0 to learn from the teacher alone."
             )
-        distillation = ops.zeros((), "float32")
+        hard = []
+        if self._compile_loss is not None:
+            for y, target_weight in targets:
+                value = self._compile_loss(
+                    y, student_outputs[taps.OUTPUT], _combine(sample_weight, target_weight)
+                )
+                # keras.losses.Loss divides by the replica count; undo it so
+                # that every term is a plain per-replica mean.
+                hard.append(_unscaled(ops.cast(value, "float32")))
+        terms = {"student_loss": _total(hard)}
+        weighted = []
         for loss, term, loss_weight in zip(
-            self.distillation_losses,
-            self.term_names,
-            self.distillation_loss_weights,
+            self.distillation_losses, self.term_names, self.distillation_loss_weights
         ):
-            value = self._term(
+            terms[term] = self._term(
                 loss, term, teacher_outputs, student_outputs, training, targets
             )
-            terms[term] = value
-            distillation = distillation + ops.cast(loss_weight, "float32") * value
-        terms["distillation_loss"] = distillation
+            weighted.append(ops.cast(loss_weight, "float32") * terms[term])
+        terms["distillation_loss"] = _total(weighted)
         regularization = [
             ops.cast(ops.sum(value), "float32") for value in self.student.losses
         ]
-        terms["loss"] = (
-            weight * terms["student_loss"]
-            + (1.0 - weight) * distillation
-            + (ops.sum(ops.stack(regularization)) if regularization else 0.0)
+        terms["loss"] = _total(
+            [weight * terms["student_loss"], (1.0 - weight) * terms["distillation_loss"]]
+            + regularization
         )
         return terms
 
@@ -399,7 +396,8 @@ class Distiller(keras.Model):
         if len(self.teachers) > 1:
             teacher = mixture_logits(teacher, self.teacher_weights, 1.0)
         teacher, student = keras.tree.flatten(teacher)[0], keras.tree.flatten(student)[0]
-        same = ops.argmax(teacher, axis=-1) == ops.argmax(student, axis=-1)
+        # tf.argmax: keras.ops.argmax adds a dozen ops of signed-zero handling.
+        same = tf.argmax(teacher, axis=-1) == tf.argmax(student, axis=-1)
         return ops.mean(ops.cast(same, "float32"))
 
     def _teacher_input(self, loss, teacher_outputs):
@@ -555,6 +553,11 @@ def _serialize_model(model):
     config = keras.saving.serialize_keras_object(model)
     config.pop("compile_config", None)
     return config
+
+
+def _total(values):
+    """The sum of a list of scalars (0 for none), without extra ops."""
+    return functools.reduce(ops.add, values) if values else ops.zeros((), "float32")
 
 
 def _scaled(loss):
