@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from keras_kd import augment, datasets
 from keras_kd.distiller import Distiller
-from keras_kd.export import export_student
+from keras_kd.export import export_student, save_for_inference
 from keras_kd.losses.logits import LogitsDistillation
 
 EPOCHS = 300
@@ -205,13 +205,6 @@ def accuracy(model, x, y):
     """Top-1 accuracy of a model's predictions."""
     predictions = model.predict(x, batch_size=1024, verbose=0)
     return float((predictions.argmax(axis=-1) == y).mean())
-
-
-def save_for_inference(model, path):
-    """Saves architecture and weights only (no optimizer state)."""
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    copy.save(path)
 
 
 def format_table(rows):

@@ -300,11 +300,17 @@ def _size(path):
     return os.path.getsize(path)
 
 
+def save_for_inference(model, path):
+    """Saves a model's architecture and weights only, without the optimizer
+    state a compiled model would carry (`clone_model` keeps it compiled)."""
+    copy = type(model).from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    copy.save(path)
+
+
 def _keras_size(model):
     """Bytes of the model's `.keras` file (architecture and weights)."""
     with tempfile.TemporaryDirectory() as folder:
-        copy = keras.models.clone_model(model)
-        copy.set_weights(model.get_weights())
         file = os.path.join(folder, "model.keras")
-        copy.save(file)
+        save_for_inference(model, file)
         return os.path.getsize(file)
