@@ -37,8 +37,39 @@ class Augmentation(abc.ABC):
         """Returns the augmented inputs and the matching `(y, weight)` list."""
 
 
+class _PairMixing(Augmentation):
+    """Mixes each sample with a random partner of the (per-replica) batch,
+    by a coefficient `lam ~ Beta(alpha, alpha)` per sample."""
+
+    def __init__(self, alpha=1.0, seed=None):
+        self.alpha = check_number(alpha, "alpha", minimum=0.0, strict=True)
+        self.seed = seed
+        self._seed_generator = keras.random.SeedGenerator(seed)
+
+    @property
+    def supports_jit(self):
+        return self.alpha == 1.0  # only Beta(1, 1) avoids gamma sampling
+
+    def _draw(self, x):
+        """(batch size, lam per sample, partner index per sample)."""
+        batch = ops.shape(keras.tree.flatten(x)[0])[0]
+        if self.alpha == 1.0:  # Beta(1, 1) is uniform, and XLA can draw it
+            lam = keras.random.uniform((batch,), seed=self._seed_generator)
+        else:
+            lam = keras.random.beta((batch,), self.alpha, self.alpha, seed=self._seed_generator)
+        partner = keras.random.shuffle(ops.arange(batch), seed=self._seed_generator)
+        return batch, lam, partner
+
+    def get_config(self):
+        return {"alpha": self.alpha, "seed": self.seed}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
 @keras.saving.register_keras_serializable(package="keras_kd")
-class Mixup(Augmentation):
+class Mixup(_PairMixing):
     """Mixes each sample with another of the batch, for teacher and student.
 
     `x_i <- lam_i * x_i + (1 - lam_i) * x_j` with `lam_i ~ Beta(alpha, alpha)`
@@ -71,19 +102,8 @@ class Mixup(Augmentation):
         arXiv:2106.05237.
     """
 
-    def __init__(self, alpha=1.0, seed=None):
-        self.alpha = check_number(alpha, "alpha", minimum=0.0, strict=True)
-        self.seed = seed
-        self._seed_generator = keras.random.SeedGenerator(seed)
-
-    @property
-    def supports_jit(self):
-        return self.alpha == 1.0
-
     def __call__(self, x, targets):
-        batch = ops.shape(keras.tree.flatten(x)[0])[0]
-        lam = _draw_lam(batch, self.alpha, self._seed_generator)
-        partner = keras.random.shuffle(ops.arange(batch), seed=self._seed_generator)
+        _, lam, partner = self._draw(x)
 
         def mix(tensor):
             weight = ops.reshape(lam, (-1,) + (1,) * (len(tensor.shape) - 1))
@@ -92,16 +112,10 @@ class Mixup(Augmentation):
 
         return keras.tree.map_structure(mix, x), _mix_targets(targets, lam, partner)
 
-    def get_config(self):
-        return {"alpha": self.alpha, "seed": self.seed}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class CutMix(Augmentation):
+class CutMix(_PairMixing):
     """Pastes a random window (sequences) or box (images) of another sample.
 
     For inputs of shape `(batch, steps, channels)` a window of
@@ -133,19 +147,8 @@ class CutMix(Augmentation):
         Classifiers with Localizable Features", ICCV 2019, arXiv:1905.04899.
     """
 
-    def __init__(self, alpha=1.0, seed=None):
-        self.alpha = check_number(alpha, "alpha", minimum=0.0, strict=True)
-        self.seed = seed
-        self._seed_generator = keras.random.SeedGenerator(seed)
-
-    @property
-    def supports_jit(self):
-        return self.alpha == 1.0
-
     def __call__(self, x, targets):
-        batch = ops.shape(keras.tree.flatten(x)[0])[0]
-        lam = _draw_lam(batch, self.alpha, self._seed_generator)
-        partner = keras.random.shuffle(ops.arange(batch), seed=self._seed_generator)
+        batch, lam, partner = self._draw(x)
         first = keras.tree.flatten(x)[0]
         mask = self._mask(first.shape, batch, lam)  # 1 where the partner shows
         kept = 1.0 - ops.mean(ops.reshape(mask, (batch, -1)), axis=1)
@@ -180,12 +183,6 @@ class CutMix(Augmentation):
             mask = inside if mask is None else mask * inside
         return mask[..., None]
 
-    def get_config(self):
-        return {"alpha": self.alpha, "seed": self.seed}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -247,13 +244,6 @@ class RandomShift(Augmentation):
         return cls(**config)
 
 
-def _draw_lam(batch, alpha, seed_generator):
-    """One mixing coefficient per sample, `Beta(alpha, alpha)`."""
-    if alpha == 1.0:  # Beta(1, 1) is uniform, and XLA can draw it
-        return keras.random.uniform((batch,), seed=seed_generator)
-    return keras.random.beta((batch,), alpha, alpha, seed=seed_generator)
-
-
 def _mix_targets(targets, lam, partner):
     """Each `(y, weight)` pair becomes the sample's own label weighted by
     `lam` and its partner's weighted by `1 - lam`."""
@@ -268,6 +258,7 @@ def _mix_targets(targets, lam, partner):
     return mixed
 
 
+@keras.saving.register_keras_serializable(package="keras_kd")
 class InputAugmentation(Augmentation):
     """Applies a Keras layer or a callable to the inputs only.
 
@@ -290,7 +281,15 @@ class InputAugmentation(Augmentation):
             return self.transform(x, training=True), targets
         return self.transform(x), targets
 
+    def get_config(self):
+        return {"transform": keras.saving.serialize_keras_object(self.transform)}
 
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.saving.deserialize_keras_object(config["transform"]))
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
 class Sequence(Augmentation):
     """Applies augmentations one after the other."""
 
@@ -305,6 +304,19 @@ class Sequence(Augmentation):
         for augmentation in self.augmentations:
             x, targets = augmentation(x, targets)
         return x, targets
+
+    def get_config(self):
+        return {
+            "augmentations": [
+                keras.saving.serialize_keras_object(a) for a in self.augmentations
+            ]
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(
+            [keras.saving.deserialize_keras_object(a) for a in config["augmentations"]]
+        )
 
 
 def as_augmentation(augmentation):

@@ -137,3 +137,20 @@ def test_cutmix_refuses_inputs_without_steps():
                                          r"width, channels\) inputs, but received shape \(None, 8\)"):
         distiller.compile(optimizer="adam")
         distiller.fit(*toy_data(16), epochs=1, verbose=0)
+
+
+def test_a_distiller_with_augmentations_saves_and_reloads(tmp_path):
+    augmentation = augment.Sequence([augment.RandomShift(2, seed=1), augment.CutMix(alpha=0.5, seed=2),
+                                     keras.layers.GaussianNoise(0.1)])
+    inputs = keras.Input((12, 1))
+    models = [keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)), name=n)
+              for n in ("teacher", "student")]
+    distiller = keras_kd.Distiller(*models, augmentation=augmentation)
+    distiller.compile(optimizer="adam", loss=sparse_ce())
+    distiller.save(tmp_path / "d.keras")
+    loaded = keras.models.load_model(tmp_path / "d.keras")
+    restored = loaded.augmentation
+    assert [type(a).__name__ for a in restored.augmentations] == [
+        "RandomShift", "CutMix", "InputAugmentation"]
+    assert restored.augmentations[1].alpha == 0.5
+    assert isinstance(restored.augmentations[2].transform, keras.layers.GaussianNoise)
