@@ -136,7 +136,7 @@ def _first_batch_size(dataset):
 def _compute(view, samples, batch_size):
     """Runs the teacher over all samples once; returns per-sample elements."""
     forward = tf.function(lambda x: view(x, training=False), autograph=False)
-    columns = None
+    columns = []
     for batch in samples.batch(batch_size):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
         # tf.data reads lists as tensors to stack: several teachers' outputs
@@ -146,11 +146,7 @@ def _compute(view, samples, batch_size):
         }
         element = {INPUTS_KEY: x, TEACHER_KEY: outputs}
         parts = [element] + [p for p in (y, sample_weight) if p is not None]
-        parts = keras.tree.map_structure(lambda t: np.asarray(t), tuple(parts))
-        if columns is None:
-            columns = [parts]
-        else:
-            columns.append(parts)
+        columns.append(keras.tree.map_structure(np.asarray, tuple(parts)))
     merged = keras.tree.map_structure(lambda *a: np.concatenate(a), *columns)
     return tf.data.Dataset.from_tensor_slices(merged if len(merged) > 1 else merged[0])
 

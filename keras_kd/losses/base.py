@@ -162,3 +162,30 @@ def deserialize_loss(config):
     if config is None or isinstance(config, str):
         return config
     return keras.saving.deserialize_keras_object(config)
+
+
+def keras_loss_function(loss, also_accepted, example):
+    """A Keras loss name, instance or function, made ready to apply.
+
+    Args:
+        loss: what the user passed.
+        also_accepted: the other kinds of loss the caller takes, for the
+            message.
+        example: a valid `loss=` to suggest.
+
+    Returns:
+        `(per_sample, core)`: `per_sample(y_true, y_pred)` is unreduced and,
+        unlike `Loss.__call__`, not divided by the replica count; `core` is
+        the underlying function (`KLDivergence().fn` is `kl_divergence`).
+
+    Raises:
+        ValueError: if `loss` is none of these.
+    """
+    fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+    if fn is None or not callable(fn):
+        raise ValueError(
+            f"`loss` must be a loss name, a keras Loss, {also_accepted} or a "
+            f"function, but received {loss!r}. Pass e.g. {example}."
+        )
+    per_sample = fn.call if isinstance(fn, keras.losses.Loss) else fn
+    return per_sample, getattr(fn, "fn", fn)

@@ -23,6 +23,7 @@ from keras_kd import connectors
 from keras_kd.losses.base import (
     DistillationLoss,
     deserialize_loss,
+    keras_loss_function,
     map_losses,
     serialize_loss,
 )
@@ -337,19 +338,14 @@ class PKT(FeatureLoss):
 
 def _keras_feature_loss(loss):
     """`mean(loss(t, s))` for a Keras loss name, instance or function."""
-    fn = keras.losses.get(loss) if isinstance(loss, str) else loss
-    if not callable(fn):
-        raise ValueError(
-            f"`loss` must be a loss name, a keras Loss, a keras_kd feature "
-            f"loss or a function, but received {loss!r}. Pass e.g. "
-            f"loss='mse' or loss=keras_kd.losses.AttentionTransfer()."
-        )
-    # Loss.call skips Loss.__call__'s division by the replica count.
-    call = fn.call if isinstance(fn, keras.losses.Loss) else fn
+    per_sample, _ = keras_loss_function(
+        loss, "a keras_kd feature loss",
+        "loss='mse' or loss=keras_kd.losses.AttentionTransfer()",
+    )
 
     def mean_loss(teacher_features, student_features):
         return ops.mean(
-            call(
+            per_sample(
                 ops.cast(teacher_features, "float32"),
                 ops.cast(student_features, "float32"),
             )

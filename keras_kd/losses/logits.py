@@ -9,6 +9,7 @@ from keras_kd.losses.base import (
     as_float,
     check_number,
     deserialize_loss,
+    keras_loss_function,
     map_losses,
     serialize_loss,
 )
@@ -93,15 +94,9 @@ def _resolve(loss):
         return loss.divergence
     if isinstance(loss, str) and loss in _NAMED:
         return _ignoring_labels(_NAMED[loss])
-    fn = keras.losses.get(loss) if isinstance(loss, str) else loss
-    if fn is None or not callable(fn):
-        raise ValueError(
-            f"`loss` must be a loss name, a keras Loss, a keras_kd logit loss "
-            f"or a function, but received {loss!r}. Pass e.g. "
-            f"loss='kl_divergence'."
-        )
-    # Loss classes wrap a function in `.fn` (e.g. KLDivergence().fn).
-    core = getattr(fn, "fn", fn)
+    per_sample, core = keras_loss_function(
+        loss, "a keras_kd logit loss", "loss='kl_divergence'"
+    )
     if core is keras.losses.kl_divergence:
         return _ignoring_labels(kl_divergence)
     if core is keras.losses.categorical_crossentropy:
@@ -111,9 +106,7 @@ def _resolve(loss):
         temperature = ops.cast(temperature, "float32")
         teacher = ops.cast(teacher_logits, "float32") / temperature
         student = ops.cast(student_logits, "float32") / temperature
-        # Loss.call skips Loss.__call__'s division by the replica count.
-        call = fn.call if isinstance(fn, keras.losses.Loss) else fn
-        return ops.mean(call(teacher, student))
+        return ops.mean(per_sample(teacher, student))
 
     return on_scaled_logits
 
