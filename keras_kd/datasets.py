@@ -5,15 +5,19 @@ import os
 import numpy as np
 
 
-def mnist1d(seed=42):
+def mnist1d(seed=42, samples=5000):
     """MNIST-1D, generated locally by the `mnist1d` package (no download).
 
     Args:
         seed: the generator's seed; 42 is the data set of the paper.
+        samples: how many to generate, split 80/20 into train and test;
+            5000 is the data set of the paper. Other seeds and sizes draw
+            fresh samples of the same ten templates.
 
     Returns:
-        `((x_train, y_train), (x_test, y_test))`: 4000 and 1000 samples,
-        `x` float32 of shape `(n, 40, 1)`, `y` int32 class ids 0-9.
+        `((x_train, y_train), (x_test, y_test))`: 4000 and 1000 samples
+        by default, `x` float32 of shape `(n, 40, 1)`, `y` int32 class ids
+        0-9.
 
     Example:
 
@@ -29,6 +33,7 @@ def mnist1d(seed=42):
 
     args = get_dataset_args()
     args.seed = seed
+    args.num_samples = samples
     data = make_dataset(args)
 
     def features(x):

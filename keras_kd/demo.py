@@ -18,7 +18,7 @@ QUICK_SAMPLES = 1000
 BATCH_SIZE = 64
 LEARNING_RATE = 3e-3
 CLASSES = 10
-STUDENT_HIDDEN = 32
+STUDENT_CHANNELS = 16
 
 
 def teacher_model(name="teacher"):
@@ -34,16 +34,19 @@ def teacher_model(name="teacher"):
 
 
 def student_model(name="student"):
-    """The demo's student: one small convolution and a flat dense head.
+    """The demo's student: two strided convolutions and a linear head (3.0k
+    weights, 6.8x fewer than the teacher).
 
-    Without pooling it has no built-in translation invariance, which MNIST-1D
-    needs: from 4000 labels it overfits; a teacher can show it the function.
+    Chosen on the validation split among small 1-D CNNs: a convolution with
+    a 10.6k-weight dense head scored lower there, from labels and distilled.
     """
     layers = keras.layers
     inputs = keras.Input((40, 1), name="signal")
-    x = layers.Conv1D(8, 5, padding="same", activation="relu", name="conv1")(inputs)
+    x = layers.Conv1D(STUDENT_CHANNELS, 5, strides=2, padding="same", activation="relu",
+                      name="conv1")(inputs)
+    x = layers.Conv1D(STUDENT_CHANNELS, 5, strides=2, padding="same", activation="relu",
+                      name="conv2")(x)
     x = layers.Flatten(name="flatten")(x)
-    x = layers.Dense(STUDENT_HIDDEN, activation="relu", name="hidden")(x)
     return keras.Model(inputs, layers.Dense(CLASSES, name="logits")(x), name=name)
 
 

@@ -107,7 +107,7 @@ def test_export_command(models, tmp_path, capsys):
         (["--data", "cifar99"], "Unknown data spec 'cifar99'. Pass one of: mnist1d, digits"),
         (["--data", "digits"], "Data 'digits' has inputs of shape (8, 8, 1), but the models take (40, 1)"),
         (["--data", "{labels}"], "Data '{labels}' has labels up to 11 (12 classes), but the models output 10"),
-        (["--config", "{noproj}"], "but their shapes differ: teacher (None, 20, 32), student (None, 40, 8). "
+        (["--config", "{noproj}"], "but their shapes differ: teacher (None, 20, 32), student (None, 20, 16). "
                                    "Pass projection='auto'"),
         (["--config", "{config}", "--temperature", "2"], "--config replaces --temperature"),
     ],
