@@ -1,11 +1,11 @@
 """Teacher-output cache: epoch time and end-to-end distillation time.
 
-    python benchmarks/cache.py [--repeats 5] [--epochs 10]
+    python -m benchmarks.cache [--repeats 5] [--epochs 10]
 
 MNIST-1D (4000 samples), batch 64.
 1. Epoch time of `Distiller.fit` on the cache vs a plain `student.fit` on
    labels (the floor): interleaved rounds, median ratio; for the demo's
-   models (a 10k-weight student: per-step overhead dominates) and for the
+   models (a 3.0k-weight student: per-step overhead dominates) and for the
    step-time benchmark's larger models (compute dominates).
 2. End-to-end time of an N-epoch distillation of the demo's models:
    keras_kd without the cache, keras_kd with it (building the cache

@@ -1,6 +1,6 @@
 """What keras.distillation gets wrong and keras_kd gets right, measured.
 
-    python benchmarks/correctness.py
+    python -m benchmarks.correctness
 
 Each row runs the same program against both libraries (only the import
 differs) and prints what each returned, next to the correct value.

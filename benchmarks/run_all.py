@@ -50,7 +50,7 @@ def main():
         "teacher's forward passes on the same batches.",
         step_time.table(step_time.run(2 * args.repeats, 60)),
         "## Teacher-output cache (`python -m benchmarks.cache`)",
-        cache.tables(cache.run(max(3, args.repeats // 2), 10)),
+        cache.tables(cache.run(args.repeats, 10)),
         "## Accuracy on MNIST-1D (`python -m benchmarks.accuracy`)",
         f"Test accuracy of the student (teacher in the first row), {accuracy_source}:",
         accuracy_text,

@@ -1,6 +1,6 @@
 """Training-step time of keras_kd vs keras.distillation, side by side.
 
-    python benchmarks/step_time.py [--repeats 7] [--steps 30]
+    python -m benchmarks.step_time [--repeats 7] [--steps 30]
 
 Same teacher, student and batches; logits only, and logits plus one feature
 pair of equal shapes (so keras.distillation can run it too). Also the ideal
