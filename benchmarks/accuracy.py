@@ -35,13 +35,13 @@ ROWS = [
     "keras_kd recipe: consistent shift + CutMix, T=1, teacher only",
     "yardstick: student, labels alone, 40,000 fresh samples, same steps",
 ]
-CEILING_SAMPLES = 50_000  # 80% of them train
+YARDSTICK_SAMPLES = 50_000  # 80% of them train
 
 
-def ceiling(seed, epochs, samples):
+def yardstick(seed, epochs, samples):
     """The student from labels alone on 11x fresh data, for as many steps as
     `epochs` over `samples`."""
-    (x, y), _ = datasets.mnist1d(seed=1000 + seed, samples=CEILING_SAMPLES)
+    (x, y), _ = datasets.mnist1d(seed=1000 + seed, samples=YARDSTICK_SAMPLES)
     steps = epochs * -(-samples // demo.BATCH_SIZE)
     big_epochs = max(1, round(steps / -(-len(x) // demo.BATCH_SIZE)))
     keras.utils.set_random_seed(seed)
@@ -83,7 +83,7 @@ def one_seed(seed, epochs):
     demo.distiller_recipe(teacher, student, epochs, len(x), seed).fit(
         x, y, batch_size=demo.BATCH_SIZE, epochs=epochs, verbose=0)
     models[ROWS[6]] = student
-    models[ROWS[7]] = ceiling(seed, epochs, len(x))
+    models[ROWS[7]] = yardstick(seed, epochs, len(x))
     return {row: (demo.accuracy(m, x_val, y_val), demo.accuracy(m, x_test, y_test))
             for row, m in models.items()}
 
