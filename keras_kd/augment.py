@@ -24,7 +24,7 @@ import inspect
 import keras
 from keras import ops
 
-from keras_kd.losses.base import check_number
+from keras_kd._validation import check_number
 
 
 class Augmentation(abc.ABC):

@@ -141,9 +141,9 @@ def _compute(view, samples, batch_size):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
         # tf.data reads lists as tensors to stack: several teachers' outputs
         # are kept as tuples.
-        outputs = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in forward(x).items()
-        }
+        outputs = taps.ViewOutputs(
+            *(tuple(v) if isinstance(v, list) else v for v in forward(x))
+        )
         element = {INPUTS_KEY: x, TEACHER_KEY: outputs}
         parts = [element] + [p for p in (y, sample_weight) if p is not None]
         columns.append(keras.tree.map_structure(np.asarray, tuple(parts)))

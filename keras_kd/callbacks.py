@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_kd.losses.base import as_float
+from keras_kd._validation import as_float
 
 
 class DistillationScheduler(keras.callbacks.Callback):
@@ -124,29 +124,17 @@ def schedulable_variable(distiller, target):
     Raises:
         ValueError: if `target` names nothing, listing the valid targets.
     """
-    terms = dict(zip(distiller.term_names, distiller.distillation_losses))
-    weights = dict(zip(distiller.term_names, distiller.distillation_loss_weights))
-    if target == "student_loss_weight":
-        return distiller.student_loss_weight
+    variables = distiller.schedulable_variables()
+    if target in variables:
+        return variables[target]
+    weights = distiller.distillation_loss_weights
     indexed = re.fullmatch(r"distillation_loss_weights\[(\d+)\]", target)
     if indexed and int(indexed.group(1)) < len(weights):
-        return distiller.distillation_loss_weights[int(indexed.group(1))]
-    term, _, attribute = target.rpartition(".")
-    if term in terms and attribute == "weight":
-        return weights[term]
-    if term in terms and attribute in getattr(terms[term], "schedulable", ()):
-        return getattr(terms[term], attribute)
-    if target == "temperature":
-        tempered = [t for t, loss in terms.items() if "temperature" in getattr(loss, "schedulable", ())]
-        if len(tempered) == 1:
-            return terms[tempered[0]].temperature
-    valid = ["student_loss_weight"] + [
-        f"distillation_loss_weights[{i}]" for i in range(len(weights))
-    ]
-    for name, loss in terms.items():
-        valid += [f"{name}.weight"] + [
-            f"{name}.{a}" for a in getattr(loss, "schedulable", ())
-        ]
+        return weights[int(indexed.group(1))]
+    temperatures = [v for name, v in variables.items() if name.endswith(".temperature")]
+    if target == "temperature" and len(temperatures) == 1:
+        return temperatures[0]
+    valid = list(variables) + [f"distillation_loss_weights[{i}]" for i in range(len(weights))]
     raise ValueError(
         f"DistillationScheduler target '{target}' names nothing in this "
         f"Distiller. Valid targets: {valid}."

@@ -6,8 +6,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_kd import augment, cache, taps
-from keras_kd.losses.base import as_float, check_number
+from keras_kd import _keras_compat, _validation, augment, cache, taps
+from keras_kd._validation import as_float, check_number
 from keras_kd.losses.logits import LogitsDistillation, mixture_logits
 
 
@@ -33,8 +33,10 @@ class Distiller(keras.Model):
     where `loss` is the one given to `compile`. `sample_weight` weighs the
     hard-label loss. `call` and `predict` are the student's.
 
-    Logged each step: `loss`, `student_loss`, `distillation_loss`, one entry
-    per distillation term when there are several (under its `name`),
+    Logged each step: `loss` (the whole objective), `total_loss` (as
+    `keras.distillation` logs it: the weighted hard-label and distillation
+    terms, without regularization), `student_loss`, `distillation_loss`, one
+    entry per distillation term when there are several (under its `name`),
     `teacher_agreement` (the fraction of samples whose top-1 class is the
     teacher's), and the compiled metrics on the student's predictions.
 
@@ -64,10 +66,11 @@ class Distiller(keras.Model):
         **kwargs: passed to `keras.Model`.
 
     Raises:
-        ValueError: if a model is not a `keras.Model`, a weight is out of
-            range, the number of weights differs from the number of losses,
-            a loss is incompatible with the models or does not return a
-            scalar.
+        ValueError: if a model is not a `keras.Model`, the student is a
+            teacher, shares weights with one or has nothing to train, a
+            weight is not finite or out of range, the number of weights
+            differs from the number of losses, a loss is incompatible with
+            the models or does not return a scalar.
 
     Example:
 
@@ -104,18 +107,27 @@ class Distiller(keras.Model):
         super().__init__(name=name, **kwargs)
         teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
         for model in teachers:
-            _check_model(model, "teacher")
-        _check_model(student, "student")
+            _validation.check_model(model, "teacher")
+        _validation.check_model(student, "student")
+        _validation.check_separate_models(teachers, student)
         for model in teachers:
-            _check_same_inputs(model, student)
+            _validation.check_same_inputs(model, student, _input_shapes)
         losses = _as_loss_list(distillation_losses)
-        weights = _as_weight_list(distillation_loss_weights, len(losses))
+        weights = (
+            [1.0] * len(losses)
+            if distillation_loss_weights is None
+            else _validation.check_numbers(
+                distillation_loss_weights, "distillation_loss_weights", len(losses),
+                "distillation losses",
+            )
+        )
         for loss in losses:
             _check_loss_fits_models(loss, teachers, student)
 
         self.teacher = teacher
         for model in teachers:
             model.trainable = False
+        _validation.check_trainable(student)
         self.teachers = teachers
         self.teacher_weights = _as_teacher_weights(teacher_weights, len(teachers))
         self.student = student
@@ -124,9 +136,7 @@ class Distiller(keras.Model):
         self._augment = augment.as_augmentation(augmentation)
         self.term_names = _unique_names([loss.name for loss in losses])
         self.student_loss_weight = _hyperparameter(
-            check_number(
-                student_loss_weight, "student_loss_weight", 0.0, 1.0
-            ),
+            check_number(student_loss_weight, "student_loss_weight", 0.0, 1.0),
             "student_loss_weight",
         )
         self.distillation_loss_weights = [
@@ -134,21 +144,22 @@ class Distiller(keras.Model):
             for weight, term in zip(weights, self.term_names)
         ]
         self.loss_hyperparameters = _make_schedulable(losses, self.term_names)
+        self._terms = [_Term(loss, term) for loss, term in zip(losses, self.term_names)]
 
-        teacher_paths = _layer_paths(losses, "teacher_layer_name")
+        teacher_paths = _layer_paths(self._terms, "teacher_path")
         self._teacher_view = (
             taps.ModelView(teacher, teacher_paths, "teacher")
             if len(teachers) == 1
             else taps.EnsembleView(teachers, teacher_paths)
         )
         self._student_view = taps.ModelView(
-            student, _layer_paths(losses, "student_layer_name"), "student"
+            student, _layer_paths(self._terms, "student_path"), "student"
         )
         teacher_spec = self._teacher_view.output_spec()
         student_spec = self._student_view.output_spec()
         self.connectors = self._build_connectors(teacher_spec, student_spec)
         self._logged_terms = _Means(
-            ["student_loss", "distillation_loss"]
+            ["total_loss", "student_loss", "distillation_loss"]
             + (self.term_names if len(losses) > 1 else [])
             + ["teacher_agreement"]
         )
@@ -215,6 +226,37 @@ class Distiller(keras.Model):
         inputs, _ = cache.split(inputs)
         return self.student(inputs, training=training)
 
+    def teacher_outputs(self, x):
+        """The teacher's outputs for a batch, as the losses read them.
+
+        One forward of each teacher in inference mode.
+
+        Args:
+            x: a batch of inputs.
+
+        Returns:
+            A `keras_kd.taps.ViewOutputs`: `output`, `logits` and `taps`
+            (every layer the losses tap). With several teachers, `output`
+            and `logits` are lists, one entry per teacher.
+        """
+        return self._teacher_view(x, training=False)
+
+    def schedulable_variables(self):
+        """Every number a callback may change during `fit`.
+
+        Returns:
+            `{name: keras.Variable}`: `"student_loss_weight"`,
+            `"<term>.weight"` for each distillation term, and
+            `"<term>.<number>"` for each schedulable number of a loss (e.g.
+            `"logits_distillation.temperature"`).
+        """
+        variables = {"student_loss_weight": self.student_loss_weight}
+        for term, weight in zip(self._terms, self.distillation_loss_weights):
+            variables[f"{term.name}.weight"] = weight
+            for attribute in term.schedulable:
+                variables[f"{term.name}.{attribute}"] = getattr(term.loss, attribute)
+        return variables
+
     def distillation_outputs(self, x):
         """What each distillation term compares, in inference mode.
 
@@ -226,13 +268,15 @@ class Distiller(keras.Model):
             the student's after its connector; several teachers' logits are
             mixed at the term's temperature, as in training.
         """
-        teacher_outputs = self._teacher_view(x, training=False)
+        teacher_outputs = self.teacher_outputs(x)
         student_outputs = self._student_view(x, training=False)
-        pairs = {}
-        for loss, term in zip(self.distillation_losses, self.term_names):
-            teacher, student = self._pair(loss, term, teacher_outputs, student_outputs, False)
-            pairs[term] = (keras.ops.convert_to_numpy(teacher), keras.ops.convert_to_numpy(student))
-        return pairs
+        return {
+            term.name: tuple(
+                keras.ops.convert_to_numpy(v)
+                for v in self._pair(term, teacher_outputs, student_outputs, False)
+            )
+            for term in self._terms
+        }
 
     # ----------------------------------------------------------------- step
 
@@ -297,68 +341,78 @@ class Distiller(keras.Model):
                 f"student_loss_weight=0.0 to learn from the teacher alone."
             )
         hard = []
-        if self._compile_loss is not None:
+        compiled_loss = _keras_compat.compile_loss(self)
+        if compiled_loss is not None:
             for y, target_weight in targets:
-                value = self._compile_loss(
-                    y, student_outputs[taps.OUTPUT], _combine(sample_weight, target_weight)
+                value = compiled_loss(
+                    y, student_outputs.output, _combine(sample_weight, target_weight)
                 )
                 # keras.losses.Loss divides by the replica count; undo it so
                 # that every term is a plain per-replica mean.
                 hard.append(_unscaled(ops.cast(value, "float32")))
         terms = {"student_loss": _total(hard)}
         weighted = []
-        for loss, term, loss_weight in zip(
-            self.distillation_losses, self.term_names, self.distillation_loss_weights
-        ):
-            terms[term] = self._term(
-                loss, term, teacher_outputs, student_outputs, training, targets
+        for term, loss_weight in zip(self._terms, self.distillation_loss_weights):
+            terms[term.name] = self._term_value(
+                term, teacher_outputs, student_outputs, training, targets
             )
-            weighted.append(ops.cast(loss_weight, "float32") * terms[term])
+            weighted.append(ops.cast(loss_weight, "float32") * terms[term.name])
         terms["distillation_loss"] = _total(weighted)
+        terms["total_loss"] = _total(
+            [weight * terms["student_loss"], (1.0 - weight) * terms["distillation_loss"]]
+        )
         regularization = [
             ops.cast(ops.sum(value), "float32") for value in self.student.losses
         ]
-        terms["loss"] = _total(
-            [weight * terms["student_loss"], (1.0 - weight) * terms["distillation_loss"]]
-            + regularization
-        )
+        terms["loss"] = _total([terms["total_loss"]] + regularization)
         return terms
 
     def _teacher_outputs(self, x, cached):
         """The teacher's outputs: from the batch's cache, else one forward."""
         if cached is None:
             return self._teacher_view(x, training=False)
-        needed = {taps.OUTPUT, taps.LOGITS} | set(
-            _layer_paths(self.distillation_losses, "teacher_layer_name")
-        )
-        if not needed <= set(cached):
+        needed = set(_layer_paths(self._terms, "teacher_path"))
+        if not needed <= set(cached.taps):
             raise ValueError(
-                f"The cached teacher outputs hold {sorted(cached)}, but this "
-                f"Distiller's losses read {sorted(needed)}. Build the cache "
-                f"from the Distiller, cache_teacher_outputs(distiller, ...), "
-                f"so that every tapped layer is included."
+                f"The cached teacher outputs hold the layers "
+                f"{sorted(cached.taps)}, but this Distiller's losses read "
+                f"{sorted(needed)}. Build the cache from the Distiller, "
+                f"cache_teacher_outputs(distiller, ...), so that every tapped "
+                f"layer is included."
             )
         return cached
 
-    def _pair(self, loss, term, teacher_outputs, student_outputs, training):
-        """The (teacher, student) values a loss compares, after the connector."""
-        teacher = self._teacher_input(loss, teacher_outputs)
-        student = _select(student_outputs, loss, "student_layer_name")
-        if term in self.connectors:
-            student = self.connectors[term](student, training=training)
+    def _pair(self, term, teacher_outputs, student_outputs, training):
+        """The (teacher, student) values a term compares, after the connector."""
+        teacher = self._teacher_value(term, teacher_outputs)
+        student = term.select(student_outputs, term.student_path)
+        if term.name in self.connectors:
+            student = self.connectors[term.name](student, training=training)
         return teacher, student
 
-    def _term(self, loss, term, teacher_outputs, student_outputs, training, targets):
-        teacher, student = self._pair(loss, term, teacher_outputs, student_outputs, training)
-        loss.validate_outputs(teacher, student)
-        if getattr(loss, "uses_labels", False):
+    def _term_value(self, term, teacher_outputs, student_outputs, training, targets):
+        teacher, student = self._pair(term, teacher_outputs, student_outputs, training)
+        term.loss.validate_outputs(teacher, student)
+        if term.uses_labels:
             # Labels only when every sample has exactly one (no mixing).
             labels = targets[0][0] if len(targets) == 1 and targets[0][1] is None else None
-            value = loss.compute_loss(teacher, student, labels=labels)
+            value = term.loss.compute_loss(teacher, student, labels=labels)
         else:
-            value = loss.compute_loss(teacher, student)
-        _check_scalar(value, loss, term)
+            value = term.loss.compute_loss(teacher, student)
+        _validation.check_scalar(value, term.loss, term.name)
         return ops.cast(value, "float32")
+
+    def _teacher_value(self, term, teacher_outputs):
+        """What a term reads of the teacher(s): several teachers' logits are
+        mixed at the term's temperature."""
+        teacher = term.select(teacher_outputs, term.teacher_path)
+        if len(self.teachers) == 1 or term.teacher_path is not None:
+            return teacher
+        if isinstance(teacher[0], tf.TensorSpec):
+            return tf.TensorSpec(teacher[0].shape, "float32")
+        return mixture_logits(
+            teacher, self.teacher_weights, term.temperature, term.mixes_teachers
+        )
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras (3.15) takes a first batch to build the compiled metrics and
@@ -392,7 +446,7 @@ class Distiller(keras.Model):
     def _teacher_agreement(self, teacher_outputs, student_outputs):
         """Fraction of samples whose top-1 class is the teacher's (first
         output of models with several)."""
-        teacher, student = teacher_outputs[taps.LOGITS], student_outputs[taps.LOGITS]
+        teacher, student = teacher_outputs.logits, student_outputs.logits
         if len(self.teachers) > 1:
             teacher = mixture_logits(teacher, self.teacher_weights, 1.0)
         teacher, student = keras.tree.flatten(teacher)[0], keras.tree.flatten(student)[0]
@@ -400,34 +454,19 @@ class Distiller(keras.Model):
         same = tf.argmax(teacher, axis=-1) == tf.argmax(student, axis=-1)
         return ops.mean(ops.cast(same, "float32"))
 
-    def _teacher_input(self, loss, teacher_outputs):
-        """What `loss` reads of the teacher(s); several teachers' logits are
-        mixed at the loss's temperature."""
-        teacher = _select(teacher_outputs, loss, "teacher_layer_name")
-        if len(self.teachers) > 1 and isinstance(teacher, (list, tuple)):
-            if isinstance(teacher[0], tf.TensorSpec):
-                return tf.TensorSpec(teacher[0].shape, "float32")
-            return mixture_logits(
-                teacher,
-                self.teacher_weights,
-                getattr(loss, "temperature", 1.0),
-                getattr(loss, "mixes_teachers", "distributions"),
-            )
-        return teacher
-
     def _update_metrics(self, terms, x, targets, teacher_outputs, student_outputs, sample_weight):
-        y_pred = student_outputs[taps.OUTPUT]
         batch_size = ops.cast(ops.shape(keras.tree.flatten(x)[0])[0], "float32")
         terms = dict(terms, teacher_agreement=self._teacher_agreement(teacher_outputs, student_outputs))
-        self._loss_tracker.update_state(terms["loss"], sample_weight=batch_size)
+        _keras_compat.loss_tracker(self).update_state(terms["loss"], sample_weight=batch_size)
         self._logged_terms.update_state(terms, batch_size)
-        if self._compile_metrics is not None:
+        compiled_metrics = _keras_compat.compile_metrics(self)
+        if compiled_metrics is not None:
             for y, target_weight in targets:
-                self._compile_metrics.update_state(
-                    y, y_pred, _combine(sample_weight, target_weight)
+                compiled_metrics.update_state(
+                    y, student_outputs.output, _combine(sample_weight, target_weight)
                 )
         results = self.get_metrics_result()
-        if _multi_worker(self.distribute_strategy):
+        if _keras_compat.in_multi_worker_mode(self.distribute_strategy):
             # Keras (3.15) reduces step results across workers with
             # strategy.reduce("MEAN", value, axis=0), which fails on
             # scalars; a 1-element vector reduces to the same mean.
@@ -443,38 +482,40 @@ class Distiller(keras.Model):
         they are trained and saved with it and stay out of the student.
         """
         built = {}
-        for loss, term in zip(self.distillation_losses, self.term_names):
-            make = getattr(loss, "make_connector", None)
-            connector = None
-            if make is not None and teacher_spec is not None and student_spec is not None:
-                connector = make(
-                    self._teacher_input(loss, teacher_spec).shape,
-                    _select(student_spec, loss, "student_layer_name").shape,
-                    name=f"{term}_connector",
-                )
-            elif getattr(loss, "projection", None) is not None:
-                raise ValueError(
-                    f"'{term}' asks for a connector (projection="
-                    f"{loss.projection!r}), which needs the feature shapes, "
-                    f"but a model has no known input shape (a subclassed "
-                    f"model never called). Call teacher and student on a "
-                    f"batch once before building the Distiller."
-                )
+        for term in self._terms:
+            if term.make_connector is None:
+                continue
+            if teacher_spec is None or student_spec is None:
+                if term.projection is not None:
+                    raise ValueError(
+                        f"'{term.name}' asks for a connector (projection="
+                        f"{term.projection!r}), which needs the feature "
+                        f"shapes, but a model has no known input shape (a "
+                        f"subclassed model never called). Call teacher and "
+                        f"student on a batch once before building the "
+                        f"Distiller."
+                    )
+                continue
+            connector = term.make_connector(
+                self._teacher_value(term, teacher_spec).shape,
+                term.select(student_spec, term.student_path).shape,
+                name=f"{term.name}_connector",
+            )
             if connector is not None:
-                built[term] = connector
+                built[term.name] = connector
         return built
 
     def _check_terms_are_scalars(self, teacher_spec, student_spec):
         """Runs every loss once on symbolic outputs, so errors surface now."""
         if teacher_spec is None or student_spec is None:
             return  # Subclassed model: checked when the step is traced.
-        for loss, term in zip(self.distillation_losses, self.term_names):
-            connector = self.connectors.get(term)
-            teacher = self._teacher_input(loss, teacher_spec)
-            student = _select(student_spec, loss, "student_layer_name")
+        for term in self._terms:
+            connector = self.connectors.get(term.name)
+            teacher = self._teacher_value(term, teacher_spec)
+            student = term.select(student_spec, term.student_path)
             try:
                 function = tf.function(
-                    lambda t, s, loss=loss, connector=connector: loss.compute_loss(
+                    lambda t, s, loss=term.loss, connector=connector: loss.compute_loss(
                         t, s if connector is None else connector(s)
                     ),
                     autograph=False,
@@ -484,14 +525,14 @@ class Distiller(keras.Model):
                 ).structured_outputs
             except Exception as error:  # noqa: BLE001 - re-raised with context
                 raise ValueError(
-                    f"Distillation loss '{term}' ({type(loss).__name__}) "
+                    f"Distillation loss '{term.name}' ({type(term.loss).__name__}) "
                     f"failed on the teacher output "
                     f"{keras.tree.map_structure(lambda s: s.shape, teacher)} "
                     f"and student output "
                     f"{keras.tree.map_structure(lambda s: s.shape, student)}: "
                     f"{error}"
                 ) from error
-            _check_scalar(value, loss, term)
+            _validation.check_scalar(value, term.loss, term.name)
 
     # --------------------------------------------------------------- config
 
@@ -529,22 +570,64 @@ class Distiller(keras.Model):
             else:
                 config[key] = deserialize(config[key])
         config["distillation_losses"] = [
-            keras.saving.deserialize_keras_object(loss)
-            for loss in config["distillation_losses"]
+            deserialize(loss) for loss in config["distillation_losses"]
         ]
         augmentation = config.get("augmentation")
         if isinstance(augmentation, list):
-            config["augmentation"] = [
-                keras.saving.deserialize_keras_object(a) for a in augmentation
-            ]
+            config["augmentation"] = [deserialize(a) for a in augmentation]
         elif augmentation is not None:
-            config["augmentation"] = keras.saving.deserialize_keras_object(
-                augmentation
-            )
+            config["augmentation"] = deserialize(augmentation)
         return cls(**config)
 
 
 # ---------------------------------------------------------------- helpers
+
+
+class _Term:
+    """One distillation loss as the Distiller uses it, read once.
+
+    Losses written for `keras.distillation` lack keras_kd's optional
+    attributes; this adapter gives every loss the same fields, with the
+    defaults that keep such a loss's meaning.
+    """
+
+    def __init__(self, loss, name):
+        self.loss = loss
+        self.name = name
+        self.teacher_path = _named_path(getattr(loss, "teacher_layer_name", None))
+        self.student_path = _named_path(getattr(loss, "student_layer_name", None))
+        self.expects_logits = bool(getattr(loss, "expects_logits", False))
+        self.uses_labels = bool(getattr(loss, "uses_labels", False))
+        self.schedulable = tuple(getattr(loss, "schedulable", ()))
+        self.mixes_teachers = getattr(loss, "mixes_teachers", "distributions")
+        self.make_connector = getattr(loss, "make_connector", None)
+        self.projection = getattr(loss, "projection", None)
+
+    @property
+    def temperature(self):
+        """The loss's temperature (its variable once schedulable), else 1."""
+        return getattr(self.loss, "temperature", 1.0)
+
+    def select(self, outputs, path):
+        """The value this term reads of a view's outputs: a tapped layer,
+        the logits or the final output."""
+        if path is not None:
+            return outputs.taps[path]
+        return outputs.logits if self.expects_logits else outputs.output
+
+
+def _named_path(path):
+    return None if path in (None, taps.FINAL_OUTPUT) else path
+
+
+def _layer_paths(terms, attribute):
+    """`{path: argument}` of the layers the terms tap on one side."""
+    argument = "teacher_layer_name" if attribute == "teacher_path" else "student_layer_name"
+    return {
+        getattr(term, attribute): argument
+        for term in terms
+        if getattr(term, attribute) is not None
+    }
 
 
 def _serialize_model(model):
@@ -600,12 +683,6 @@ class _Means(keras.metrics.Metric):
         self.count.assign(0.0)
 
 
-def _multi_worker(strategy):
-    return isinstance(
-        strategy, tf.distribute.MultiWorkerMirroredStrategy
-    ) and strategy.extended._in_multi_worker_mode()
-
-
 def _one_replica(value, strategy):
     if isinstance(value, tf.distribute.DistributedValues):
         return strategy.experimental_local_results(value)[0]
@@ -644,50 +721,20 @@ def _make_schedulable(losses, term_names):
     for loss, term in zip(losses, term_names):
         for attribute in getattr(loss, "schedulable", ()):
             variable = _hyperparameter(
-                as_float(getattr(loss, attribute)), f"{term}_{attribute}"
+                check_number(getattr(loss, attribute), f"{term}.{attribute}"),
+                f"{term}_{attribute}",
             )
             setattr(loss, attribute, variable)
             variables.append(variable)
     return variables
 
 
-def _check_model(model, argument):
-    if not isinstance(model, keras.Model):
-        raise ValueError(
-            f"`{argument}` must be a keras.Model, but received "
-            f"{type(model).__name__}: {model!r}. Wrap your network in a "
-            f"keras.Model (Functional, Sequential or a subclass)."
-        )
-
-
-def _check_same_inputs(teacher, student):
-    teacher_shapes = _input_shapes(teacher)
-    student_shapes = _input_shapes(student)
-    if teacher_shapes is None or student_shapes is None:
-        return
-    if len(teacher_shapes) != len(student_shapes) or not all(
-        _compatible(t, s) for t, s in zip(teacher_shapes, student_shapes)
-    ):
-        raise ValueError(
-            f"Teacher and student receive the same batches, but the teacher "
-            f"takes inputs of shape {teacher_shapes} and the student "
-            f"{student_shapes} (batch axis left out). Build both models on "
-            f"the same input shape."
-        )
-
-
 def _input_shapes(model):
-    try:
-        inputs = model.inputs
-    except (AttributeError, ValueError):
+    """Shapes (without the batch axis) of a model's inputs, else `None`."""
+    signature = taps.input_signature(model)
+    if signature is None:
         return None
-    return [tuple(i.shape[1:]) for i in inputs] if inputs else None
-
-
-def _compatible(shape_a, shape_b):
-    return len(shape_a) == len(shape_b) and all(
-        a is None or b is None or a == b for a, b in zip(shape_a, shape_b)
-    )
+    return [tuple(spec.shape[1:]) for spec in keras.tree.flatten(signature)]
 
 
 def _check_loss_fits_models(loss, teachers, student):
@@ -711,15 +758,7 @@ def _check_loss_fits_models(loss, teachers, student):
 def _as_teacher_weights(weights, count):
     if weights is None:
         return [1.0 / count] * count
-    if len(weights) != count:
-        raise ValueError(
-            f"`teacher_weights` has {len(weights)} entries but there are "
-            f"{count} teachers. Pass one weight per teacher, in order."
-        )
-    weights = [
-        check_number(w, f"teacher_weights[{i}]", minimum=0.0)
-        for i, w in enumerate(weights)
-    ]
+    weights = _validation.check_numbers(weights, "teacher_weights", count, "teachers")
     if sum(weights) <= 0:
         raise ValueError(
             f"`teacher_weights` must not all be zero, but received {weights}."
@@ -752,23 +791,6 @@ def _as_loss_list(distillation_losses):
     return losses
 
 
-def _as_weight_list(weights, count):
-    if weights is None:
-        return [1.0] * count
-    if not isinstance(weights, (list, tuple)):
-        weights = [weights]
-    if len(weights) != count:
-        raise ValueError(
-            f"`distillation_loss_weights` has {len(weights)} entries but "
-            f"there are {count} distillation losses. Pass one weight per "
-            f"loss, in the same order."
-        )
-    return [
-        check_number(w, f"distillation_loss_weights[{i}]", minimum=0.0)
-        for i, w in enumerate(weights)
-    ]
-
-
 def _unique_names(names):
     unique = []
     for name in names:
@@ -778,33 +800,3 @@ def _unique_names(names):
             candidate = f"{name}_{index}"
         unique.append(candidate)
     return unique
-
-
-def _layer_paths(losses, attribute):
-    """`{path: attribute}` of the layers the losses tap."""
-    paths = {}
-    for loss in losses:
-        path = getattr(loss, attribute, None)
-        if path not in (None, taps.FINAL_OUTPUT):
-            paths[path] = attribute
-    return paths
-
-
-def _select(outputs, loss, attribute):
-    """The output a loss reads: a tapped layer, logits or the final output."""
-    path = getattr(loss, attribute, None)
-    if path not in (None, taps.FINAL_OUTPUT):
-        return outputs[path]
-    return outputs[
-        taps.LOGITS if getattr(loss, "expects_logits", False) else taps.OUTPUT
-    ]
-
-
-def _check_scalar(value, loss, term):
-    shape = tuple(getattr(value, "shape", ()))
-    if shape:
-        raise ValueError(
-            f"Distillation loss '{term}' ({type(loss).__name__}) returned a "
-            f"tensor of shape {shape}, but compute_loss() must return a "
-            f"scalar. Reduce it, e.g. with keras.ops.mean(...)."
-        )

@@ -80,7 +80,8 @@ def test_unknown_target_lists_the_valid_ones():
     distiller = distiller_with([keras_kd.LogitsDistillation(), keras_kd.losses.DKD()])
     x, y = toy_data(8)
     with pytest.raises(ValueError, match=r"target 'temperature' names nothing in this Distiller. "
-                                         r"Valid targets: \['student_loss_weight', .*'dkd.alpha', 'dkd.beta'\]"):
+                                         r"Valid targets: \['student_loss_weight', .*'dkd.alpha', 'dkd.beta', "
+                                             r"'distillation_loss_weights\[0\]', 'distillation_loss_weights\[1\]'\]"):
         distiller.fit(x, y, epochs=1, verbose=0,
                       callbacks=[DistillationScheduler({"temperature": lambda e: 2.0})])
 

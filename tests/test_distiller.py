@@ -151,7 +151,7 @@ def test_several_terms_are_logged_under_their_own_names():
     x, y = toy_data(32)
     logs = distiller.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
     assert set(logs) == {
-        "loss", "student_loss", "distillation_loss", "accuracy", "teacher_agreement",
+        "loss", "total_loss", "student_loss", "distillation_loss", "accuracy", "teacher_agreement",
         "logits_distillation", "logits_distillation_1",
     }
     assert logs["distillation_loss"] == pytest.approx(

@@ -50,7 +50,7 @@ def test_two_replicas_update_and_log_exactly_as_one_device():
     assert moved > 1e-2  # the step really moved the student
     assert max(np.abs(a - b).max() for a, b in zip(one_weights, two_weights)) <= 1e-6
     assert set(one_logs) == {
-        "loss", "student_loss", "distillation_loss", "accuracy", "teacher_agreement"
+        "loss", "total_loss", "student_loss", "distillation_loss", "accuracy", "teacher_agreement"
     }
     for name in one_logs:
         assert abs(one_logs[name] - two_logs[name]) <= 1e-6, name

@@ -98,51 +98,6 @@ def _snake_case(name):
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
 
-def as_float(value):
-    """The Python float of a number or a scalar `keras.Variable`."""
-    return float(keras.ops.convert_to_numpy(value))
-
-
-def check_number(value, argument, minimum=None, maximum=None, strict=False):
-    """Validates a real-number argument and returns it as a float.
-
-    Args:
-        value: what the user passed.
-        argument: the argument's name, used in the message.
-        minimum: the smallest allowed value, or `None`.
-        maximum: the largest allowed value, or `None`.
-        strict: whether `minimum` itself is excluded.
-
-    Returns:
-        `value` as a Python float.
-
-    Raises:
-        ValueError: if `value` is not a real number or out of range.
-    """
-    if isinstance(value, keras.Variable):
-        value = as_float(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(
-            f"`{argument}` must be a number, but received {value!r} "
-            f"of type {type(value).__name__}. Pass a float, e.g. "
-            f"{argument}=1.0."
-        )
-    low_ok = minimum is None or (value > minimum if strict else value >= minimum)
-    high_ok = maximum is None or value <= maximum
-    if not (low_ok and high_ok):
-        if minimum is not None and maximum is not None:
-            expected = f"in [{minimum}, {maximum}]"
-        elif strict:
-            expected = f"> {minimum}"
-        else:
-            expected = f">= {minimum}"
-        raise ValueError(
-            f"`{argument}` must be {expected}, but received {value!r}. "
-            f"Pass a value {expected}."
-        )
-    return float(value)
-
-
 def map_losses(fn, loss):
     """Applies `fn` to a loss, or to each entry of a list of losses."""
     if isinstance(loss, (list, tuple)):

@@ -4,10 +4,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_kd._validation import as_float, check_number
 from keras_kd.losses.base import (
     DistillationLoss,
-    as_float,
-    check_number,
     deserialize_loss,
     keras_loss_function,
     map_losses,

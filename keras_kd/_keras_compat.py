@@ -1,0 +1,84 @@
+"""Every use of private Keras / TensorFlow API in keras_kd, in one place.
+
+Each function names the Keras version it was written against and why no
+public API does the job. When Keras changes one of these, this is the only
+file to change.
+"""
+
+import contextlib
+
+import keras
+import tensorflow as tf
+
+# Keras 3.15: `keras.ops.softmax(x)` on a symbolic tensor records a
+# `keras.src.ops.nn.Softmax` operation in the graph; no public name exists.
+from keras.src.ops.nn import Softmax as SoftmaxOperation  # noqa: F401
+
+
+def keras_history(tensor):
+    """`(operation, node_index, tensor_index)` that produced a symbolic tensor.
+
+    Keras 3.15 keeps a Functional graph's edges on `KerasTensor._keras_history`
+    only; there is no public graph-walking API.
+    """
+    return tensor._keras_history
+
+
+@contextlib.contextmanager
+def replaced_calls(replacements):
+    """Temporarily replaces `layer.call` of some layers (or operations).
+
+    Keras 3.15 has no forward hooks: wrapping `call` for the duration of one
+    model call is the one way to read an inner layer's input or output from
+    that same call (it works inside `tf.function` and gradients flow).
+
+    Args:
+        replacements: `{layer: new_call}`.
+    """
+    restore = []
+    for layer, new_call in replacements.items():
+        restore.append((layer, "call" in vars(layer), layer.call))
+        object.__setattr__(layer, "call", new_call)
+    try:
+        yield
+    finally:
+        for layer, had_own_call, original in reversed(restore):
+            if had_own_call:
+                object.__setattr__(layer, "call", original)
+            else:
+                object.__delattr__(layer, "call")
+
+
+def compile_loss(model):
+    """The compiled loss of a model (`None` when compiled without one).
+
+    Keras 3.15 keeps it in `Model._compile_loss`; a custom `train_step`
+    needs it to apply the user's `loss=` with their `sample_weight`.
+    """
+    return model._compile_loss
+
+
+def compile_metrics(model):
+    """The compiled metrics container (Keras 3.15: `_compile_metrics`)."""
+    return model._compile_metrics
+
+
+def loss_tracker(model):
+    """Keras's `loss` metric of a model (Keras 3.15: `_loss_tracker`)."""
+    return model._loss_tracker
+
+
+def in_multi_worker_mode(strategy):
+    """Whether a strategy spans several workers.
+
+    Keras 3.15 asks `strategy.extended._in_multi_worker_mode()` itself; a
+    custom step must answer the same question the same way.
+    """
+    return isinstance(
+        strategy, tf.distribute.MultiWorkerMirroredStrategy
+    ) and strategy.extended._in_multi_worker_mode()
+
+
+def symbolic_build(model, data_batch):
+    """Keras 3.15's `Model._maybe_symbolic_build` for one data batch."""
+    return keras.Model._maybe_symbolic_build(model, data_batch=data_batch)

@@ -1,0 +1,181 @@
+"""Argument checks shared by every module.
+
+Each check raises `ValueError` with what was received, what was expected
+and how to fix it, at construction time. This module imports no loss and
+no Distiller (it is a leaf of the package).
+"""
+
+import math
+
+import keras
+
+
+def as_float(value):
+    """The Python float of a number or a scalar `keras.Variable`."""
+    return float(keras.ops.convert_to_numpy(value))
+
+
+def check_number(value, argument, minimum=None, maximum=None, strict=False):
+    """Validates a finite real-number argument and returns it as a float.
+
+    Args:
+        value: what the user passed.
+        argument: the argument's name, used in the message.
+        minimum: the smallest allowed value, or `None`.
+        maximum: the largest allowed value, or `None`.
+        strict: whether `minimum` itself is excluded.
+
+    Returns:
+        `value` as a Python float.
+
+    Raises:
+        ValueError: if `value` is not a finite real number or out of range.
+
+    Example:
+
+    ```python
+    temperature = check_number(4.0, "temperature", minimum=0.0, strict=True)
+    ```
+    """
+    if isinstance(value, keras.Variable):
+        value = as_float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(
+            f"`{argument}` must be a number, but received {value!r} "
+            f"of type {type(value).__name__}. Pass a float, e.g. "
+            f"{argument}=1.0."
+        )
+    if not math.isfinite(value):
+        raise ValueError(
+            f"`{argument}` must be a finite number, but received {value!r}. "
+            f"Pass a finite value."
+        )
+    low_ok = minimum is None or (value > minimum if strict else value >= minimum)
+    high_ok = maximum is None or value <= maximum
+    if not (low_ok and high_ok):
+        if minimum is not None and maximum is not None:
+            expected = f"in [{minimum}, {maximum}]"
+        elif strict:
+            expected = f"> {minimum}"
+        else:
+            expected = f">= {minimum}"
+        raise ValueError(
+            f"`{argument}` must be {expected}, but received {value!r}. "
+            f"Pass a value {expected}."
+        )
+    return float(value)
+
+
+def check_numbers(values, argument, count, counted, minimum=0.0):
+    """Validates a list of `count` finite numbers >= `minimum`, one per item.
+
+    Args:
+        values: a number or a list of numbers.
+        argument: the argument's name, used in messages.
+        count: how many there must be.
+        counted: what each number belongs to, plural (e.g. `"teachers"`).
+        minimum: the smallest allowed value.
+
+    Returns:
+        A list of Python floats.
+
+    Raises:
+        ValueError: if the count differs or a value is invalid.
+    """
+    if not isinstance(values, (list, tuple)):
+        values = [values]
+    if len(values) != count:
+        raise ValueError(
+            f"`{argument}` has {len(values)} entries but there are {count} "
+            f"{counted}. Pass one value per item of {counted}, in order."
+        )
+    return [
+        check_number(v, f"{argument}[{i}]", minimum=minimum)
+        for i, v in enumerate(values)
+    ]
+
+
+def check_model(model, argument):
+    """Raises unless `model` is a `keras.Model`."""
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"`{argument}` must be a keras.Model, but received "
+            f"{type(model).__name__}: {model!r}. Wrap your network in a "
+            f"keras.Model (Functional, Sequential or a subclass)."
+        )
+
+
+def check_separate_models(teachers, student):
+    """Raises if the student is a teacher or shares weights with one.
+
+    A teacher is frozen; weights it shares with the student would be frozen
+    too, or (the same model passed twice) the student would not train.
+    """
+    student_weights = {id(v) for v in student.weights}
+    for teacher in teachers:
+        if teacher is student:
+            raise ValueError(
+                f"The teacher and the student are the same model "
+                f"('{student.name}'): the teacher is frozen, so nothing would "
+                f"train. Pass a separate student, e.g. a smaller model or "
+                f"keras.models.clone_model(teacher)."
+            )
+        shared = [v.path for v in teacher.weights if id(v) in student_weights]
+        if shared:
+            raise ValueError(
+                f"The student '{student.name}' shares {len(shared)} weights "
+                f"with the teacher '{teacher.name}' (e.g. {shared[:3]}): the "
+                f"teacher is frozen, which would freeze them in the student "
+                f"too. Build the student from its own layers."
+            )
+
+
+def check_trainable(student):
+    """Raises if the student has no trainable weights."""
+    if not student.trainable_weights:
+        raise ValueError(
+            f"The student '{student.name}' has no trainable weights "
+            f"(student.trainable is {student.trainable}; {len(student.weights)} "
+            f"weights in all), so distillation would change nothing. Set "
+            f"student.trainable = True, or unfreeze the layers to train."
+        )
+
+
+def check_same_inputs(teacher, student, input_shapes):
+    """Raises if teacher and student take inputs of different shapes.
+
+    Args:
+        teacher: the teacher model.
+        student: the student model.
+        input_shapes: `model -> [shape without batch axis] or None`.
+    """
+    teacher_shapes = input_shapes(teacher)
+    student_shapes = input_shapes(student)
+    if teacher_shapes is None or student_shapes is None:
+        return
+    if len(teacher_shapes) != len(student_shapes) or not all(
+        _compatible(t, s) for t, s in zip(teacher_shapes, student_shapes)
+    ):
+        raise ValueError(
+            f"Teacher and student receive the same batches, but the teacher "
+            f"takes inputs of shape {teacher_shapes} and the student "
+            f"{student_shapes} (batch axis left out). Build both models on "
+            f"the same input shape."
+        )
+
+
+def _compatible(shape_a, shape_b):
+    return len(shape_a) == len(shape_b) and all(
+        a is None or b is None or a == b for a, b in zip(shape_a, shape_b)
+    )
+
+
+def check_scalar(value, loss, term):
+    """Raises unless a loss returned a scalar."""
+    shape = tuple(getattr(value, "shape", ()))
+    if shape:
+        raise ValueError(
+            f"Distillation loss '{term}' ({type(loss).__name__}) returned a "
+            f"tensor of shape {shape}, but compute_loss() must return a "
+            f"scalar. Reduce it, e.g. with keras.ops.mean(...)."
+        )
