@@ -323,6 +323,20 @@ def test_a_keras_distillation_program_runs_unchanged():
 # ------------------------------------------------------------------- errors
 
 
+def frozen(model):
+    model.trainable = False
+    return model
+
+
+def sharing_a_layer():
+    shared = keras.layers.Dense(16, activation="relu", name="shared")
+    models = []
+    for name in ("teacher", "student"):
+        inputs = keras.Input((8,))
+        models.append(keras.Model(inputs, keras.layers.Dense(3)(shared(inputs)), name=name))
+    return models
+
+
 class ReturnsPerSample(keras_kd.DistillationLoss):
     def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
         return keras.ops.sum(teacher_outputs - student_outputs, axis=-1)
@@ -355,6 +369,24 @@ class ReturnsPerSample(keras_kd.DistillationLoss):
         (lambda: keras_kd.Distiller(dense_classifier(16), dense_classifier(4),
                                     keras_kd.LogitsDistillation(temperature=0)),
          r"`temperature` must be > 0.0, but received 0"),
+        (lambda: keras_kd.Distiller(dense_classifier(16), dense_classifier(4),
+                                    keras_kd.LogitsDistillation(temperature=float("inf"))),
+         r"`temperature` must be a finite number, but received inf"),
+        (lambda: keras_kd.Distiller(dense_classifier(16), dense_classifier(4),
+                                    distillation_loss_weights=[float("inf")]),
+         r"`distillation_loss_weights\[0\]` must be a finite number, but received inf"),
+        (lambda: keras_kd.Distiller(dense_classifier(16), dense_classifier(4),
+                                    student_loss_weight=float("nan")),
+         r"`student_loss_weight` must be a finite number, but received nan"),
+        (lambda: keras_kd.Distiller(*[dense_classifier(16)] * 2),
+         r"The teacher and the student are the same model .* the teacher is frozen, so nothing "
+         r"would train. Pass a separate student"),
+        (lambda: keras_kd.Distiller(dense_classifier(16), frozen(dense_classifier(4))),
+         r"The student 'functional.*' has no trainable weights \(student.trainable is False; 4 "
+         r"weights in all\).* Set student.trainable = True"),
+        (lambda: keras_kd.Distiller(*sharing_a_layer()),
+         r"The student 'student' shares 2 weights with the teacher 'teacher' \(e.g. "
+         r"\['shared/kernel', 'shared/bias'\]\).* Build the student from its own layers"),
     ],
 )
 def test_bad_construction_is_refused_with_what_and_how(make, message):
