@@ -131,8 +131,9 @@ def check_separate_models(teachers, student):
 
 
 def check_trainable(student):
-    """Raises if the student has no trainable weights."""
-    if not student.trainable_weights:
+    """Raises if the student is frozen or, once built, has no trainable
+    weights (an unbuilt model gets its weights at its first call)."""
+    if not student.trainable or (student.built and not student.trainable_weights):
         raise ValueError(
             f"The student '{student.name}' has no trainable weights "
             f"(student.trainable is {student.trainable}; {len(student.weights)} "
