@@ -99,10 +99,44 @@ def _snake_case(name):
 
 
 def map_losses(fn, loss):
-    """Applies `fn` to a loss, or to each entry of a list of losses."""
-    if isinstance(loss, (list, tuple)):
-        return [fn(entry) for entry in loss]
+    """Applies `fn` to a loss, or to each entry of a list or dict of losses
+    (one per model output; `None` entries stay `None`). A dict with a
+    `"class_name"` is one serialized loss, not a dict of them."""
+    if isinstance(loss, (list, tuple)) or (
+        isinstance(loss, dict) and "class_name" not in loss
+    ):
+        return keras.tree.map_structure(
+            lambda entry: None if entry is None else fn(entry), loss
+        )
     return fn(loss)
+
+
+def sum_over_outputs(apply, losses, teacher_outputs, student_outputs):
+    """The sum over a model's outputs of `apply(loss, teacher, student)`.
+
+    Args:
+        apply: `(loss, teacher value, student value) -> scalar`.
+        losses: one loss for every output, or a structure (list, dict) with
+            one loss per output, `None` to skip an output.
+        teacher_outputs: a tensor or a structure of them (`keras.tree`).
+        student_outputs: the same structure.
+
+    Returns:
+        A scalar tensor.
+    """
+    teachers = keras.tree.flatten(teacher_outputs)
+    students = keras.tree.flatten(student_outputs)
+    per_output = (
+        keras.tree.flatten(losses)
+        if isinstance(losses, (list, tuple, dict))
+        else [losses] * len(teachers)
+    )
+    values = [
+        apply(loss, t, s)
+        for loss, t, s in zip(per_output, teachers, students)
+        if loss is not None
+    ]
+    return values[0] if len(values) == 1 else keras.ops.sum(keras.ops.stack(values))
 
 
 def serialize_loss(loss):

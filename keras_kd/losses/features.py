@@ -26,6 +26,7 @@ from keras_kd.losses.base import (
     keras_loss_function,
     map_losses,
     serialize_loss,
+    sum_over_outputs,
 )
 from keras_kd.taps import FINAL_OUTPUT, resolve_layer
 
@@ -456,7 +457,7 @@ class FeatureDistillation(DistillationLoss):
         """What the loss needs lined up: the strictest of its losses."""
         kinds = {
             getattr(fn, "alignment", "elementwise")
-            for fn in (self._loss_fns if isinstance(self._loss_fns, list) else [self._loss_fns])
+            for fn in keras.tree.flatten(self._loss_fns)
             if fn is not None
         }
         for kind in ("elementwise", "spatial", "batch"):
@@ -517,16 +518,8 @@ class FeatureDistillation(DistillationLoss):
         Returns:
             A scalar float32 tensor.
         """
-        if not isinstance(self._loss_fns, list):
-            return self._loss_fns(teacher_outputs, student_outputs)
-        return ops.sum(
-            ops.stack(
-                [
-                    fn(t, s)
-                    for fn, t, s in zip(self._loss_fns, teacher_outputs, student_outputs)
-                    if fn is not None
-                ]
-            )
+        return sum_over_outputs(
+            lambda fn, t, s: fn(t, s), self._loss_fns, teacher_outputs, student_outputs
         )
 
     def get_config(self):

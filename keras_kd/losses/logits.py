@@ -11,6 +11,7 @@ from keras_kd.losses.base import (
     keras_loss_function,
     map_losses,
     serialize_loss,
+    sum_over_outputs,
 )
 
 
@@ -90,7 +91,13 @@ def _resolve(loss):
     if loss is None:
         return None
     if isinstance(loss, LogitsDistillation):
-        return loss.divergence
+        raise ValueError(
+            f"`loss` received the keras_kd loss {type(loss).__name__}(...), "
+            f"which has a temperature of its own, so one of the two "
+            f"temperatures would be ignored. Pass it directly as a "
+            f"distillation loss: distillation_losses=[{type(loss).__name__}"
+            f"(temperature=...)]."
+        )
     if isinstance(loss, str) and loss in _NAMED:
         return _ignoring_labels(_NAMED[loss])
     per_sample, core = keras_loss_function(
@@ -134,8 +141,9 @@ class LogitsDistillation(DistillationLoss):
     - any other loss name, `keras.losses.Loss` or function `f`:
       `mean(f(t / T, s / T))` on the temperature-scaled logits, as in
       `keras.distillation` (e.g. `"mse"` is the MSE of `t/T` and `s/T`).
-    - a list of the above (or `None` to skip an output) for models with
-      several outputs; the terms are summed.
+    - a list or dict of the above (or `None` to skip an output) for models
+      with several outputs, as their outputs are structured; a single loss
+      applies to every output. The terms are summed.
 
     If a model's last layer applies softmax, the Distiller hands this loss the
     model's log-probabilities, which give the same softened distributions.
@@ -166,14 +174,19 @@ class LogitsDistillation(DistillationLoss):
     expects_logits = True
     schedulable = ("temperature",)
     _fixed_loss = False  # family members choose their loss themselves
+    _loss_name = None
 
     def __init__(self, temperature=3.0, loss="kl_divergence", name=None):
         self.temperature = check_number(
             temperature, "temperature", minimum=0.0, strict=True
         )
+        if self._fixed_loss:
+            loss = self._loss_name  # None where the class defines divergence()
         self.loss = loss
         self._loss_fns = map_losses(_resolve, loss)
-        if all(fn is None for fn in _as_list(self._loss_fns)):
+        if not self._fixed_loss and all(
+            fn is None for fn in keras.tree.flatten(self._loss_fns)
+        ):
             raise ValueError(
                 f"`loss` must contain at least one loss, but received "
                 f"{loss!r}. Pass e.g. loss='kl_divergence'."
@@ -216,14 +229,16 @@ class LogitsDistillation(DistillationLoss):
         Returns:
             A scalar float32 tensor.
         """
-        if not isinstance(self._loss_fns, list):
-            return self.divergence(teacher_outputs, student_outputs, self.temperature, labels)
-        values = [
-            fn(t, s, self.temperature)
-            for fn, t, s in zip(self._loss_fns, teacher_outputs, student_outputs)
-            if fn is not None
-        ]
-        return ops.sum(ops.stack(values))
+        if not isinstance(self._loss_fns, (list, tuple, dict)):
+            divergence = self.divergence  # DKD and DIST override it
+            return sum_over_outputs(
+                lambda _, t, s: divergence(t, s, self.temperature, labels),
+                divergence, teacher_outputs, student_outputs,
+            )
+        return sum_over_outputs(
+            lambda fn, t, s: fn(t, s, self.temperature, labels),
+            self._loss_fns, teacher_outputs, student_outputs,
+        )
 
     def divergence(self, teacher_logits, student_logits, temperature, labels=None):
         """The loss between one teacher and student output at `temperature`."""
@@ -247,11 +262,10 @@ class LogitsDistillation(DistillationLoss):
 class _FixedLogitLoss(LogitsDistillation):
     """A member of the logit-loss family: `loss` is fixed by the class."""
 
-    _loss_name = None
     _fixed_loss = True
 
     def __init__(self, temperature=1.0, name=None):
-        super().__init__(temperature=temperature, loss=self._loss_name, name=name)
+        super().__init__(temperature=temperature, name=name)
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -512,10 +526,6 @@ def mixture_logits(teacher_logits, weights, temperature, mixes="distributions"):
         axis=0,
     )
     return ops.cast(temperature, "float32") * log_mixture
-
-
-def _as_list(loss):
-    return list(loss) if isinstance(loss, (list, tuple)) else [loss]
 
 
 def _output_shapes(model):

@@ -90,9 +90,15 @@ def test_family_is_usable_through_logits_distillation(name, cls):
     assert value(through) == pytest.approx(value(cls()), rel=1e-6)
 
 
-def test_an_instance_as_loss_uses_the_outer_temperature():
-    through = keras_kd.LogitsDistillation(temperature=4.0, loss=losses.DKD(temperature=9.0))
-    assert value(through) == pytest.approx(value(losses.DKD(temperature=4.0)), rel=1e-6)
+def test_a_keras_kd_loss_inside_another_is_refused_not_given_two_temperatures():
+    with pytest.raises(ValueError, match=r"`loss` received the keras_kd loss DKD\(...\), which has a "
+                                         r"temperature of its own.*distillation_losses=\[DKD\(temperature"):
+        keras_kd.LogitsDistillation(temperature=4.0, loss=losses.DKD(temperature=9.0))
+
+
+def test_losses_that_define_their_divergence_carry_no_unused_loss():
+    assert losses.DKD().loss is None and losses.DIST().loss is None
+    assert losses.ReverseKL().loss == "reverse_kl"
 
 
 def test_mixture_of_teachers_is_the_mixture_of_distributions():
@@ -106,7 +112,7 @@ def test_mixture_of_teachers_is_the_mixture_of_distributions():
     "loss",
     [losses.ReverseKL(2.0, name="r"), losses.JensenShannon(3.0), losses.LogitMSE(name="m"),
      losses.DKD(2.0, 0.5, 4.0), losses.DIST(2.0, 2.0, 0.5),
-     keras_kd.LogitsDistillation(loss=losses.DKD())],
+     keras_kd.LogitsDistillation(loss=keras.losses.KLDivergence())],
 )
 def test_serialization_round_trip(loss):
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))

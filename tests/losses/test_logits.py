@@ -154,3 +154,28 @@ def test_serialization_round_trip(loss):
         )
     else:
         assert value(restored, teacher, student) == value(original, teacher, student)
+
+
+def two_headed(name, seed):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    return keras.Model(inputs, {"digit": keras.layers.Dense(3)(hidden),
+                                "parity": keras.layers.Dense(2)(hidden)}, name=name)
+
+
+@pytest.mark.parametrize(
+    "loss, heads",
+    [("kl_divergence", ("digit", "parity")),
+     ({"digit": "kl_divergence", "parity": None}, ("digit",))],
+)
+def test_dict_outputs_are_distilled_output_by_output(loss, heads):
+    teacher, student = two_headed("teacher", 0), two_headed("student", 1)
+    x = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
+    distiller = keras_kd.Distiller(teacher, student, keras_kd.LogitsDistillation(2.0, loss=loss),
+                                   student_loss_weight=0.0)
+    distiller.compile(optimizer="sgd")
+    value = distiller.test_on_batch(x, return_dict=True)["distillation_loss"]
+    t, s = teacher(x), student(x)
+    expected = sum(numpy_kl(t[head], s[head], 2.0) for head in heads)
+    assert value == pytest.approx(expected, rel=1e-5)
