@@ -5,16 +5,19 @@ returns a `tf.data.Dataset` whose batches carry the inputs, the labels and the
 teacher's outputs (logits and every layer the Distiller taps). `fit` on it
 does not run the teacher at all. The teacher's outputs are streamed, a batch
 at a time, into memory or into a folder on disk (`path=`, reusable across
-processes).
+processes) as TFRecord shards of about 64 MiB.
 
 A folder cache is never trained on unless it is complete: it is written
 beside `path` and renamed into place only after its record
 (`keras_kd_cache.json`: a fingerprint of the teacher and the data, the sample
-count and the sha256 of every file) is inside. Each load checks that record
-against the teacher, the data and the files; a cache that fails is
-recomputed with a warning saying why.
+count and the sha256 of every file) is inside, so `path` either holds a
+complete cache or does not exist. Each load checks that record against the
+teacher, the data and the files; a cache that fails is recomputed with a
+warning saying why. Partial folders of writes killed on this machine
+(`.<name>.partial-*` beside `path`) are removed by the next write.
 """
 
+import fnmatch
 import glob
 import hashlib
 import json
@@ -36,6 +39,9 @@ SHUFFLE_BUFFER_BYTES = 256 * 2**20
 _MAX_SHUFFLE_BUFFER = 10_000
 _RECORD_FILE = "keras_kd_cache.json"
 _WRITER_FILE = "keras_kd_cache.writer"
+_SHARD_NAME = "keras_kd_teacher-{:05d}.tfrecord"
+_SHARD_PATTERN = "keras_kd_teacher-*.tfrecord"
+_SHARD_BYTES = 64 * 2**20
 _FORMAT = "keras_kd teacher-output cache, version 1"
 
 
@@ -50,8 +56,9 @@ def cache_teacher_outputs(
 ):
     """Runs the teacher once over `dataset`; returns batches carrying its outputs.
 
-    The teacher's outputs are streamed to memory or disk a batch at a time.
-    A folder cache (`path=`) is reused only if its record matches the
+    The teacher's outputs are streamed to memory or disk a batch at a time
+    (a folder cache is written beside `path` and renamed into place when
+    complete). A folder cache (`path=`) is reused only if its record matches the
     teacher (architecture, weights, taps), the data, the sample count and the
     sha256 of each of its files; verifying costs one read of the cache files,
     which is what guarantees that training never runs on partial data.
@@ -68,7 +75,8 @@ def cache_teacher_outputs(
             `None` keeps it in memory.
         batch_size: the batch size of the returned data set; defaults to the
             input's (its first batch), or 32 for unbatched input.
-        shuffle: reshuffle the samples at each epoch.
+        shuffle: reshuffle the samples (and a folder cache's shards) at each
+            epoch.
         seed: the shuffle's seed.
         shuffle_buffer_bytes: memory budget of the shuffle buffer; it holds
             `budget // bytes per sample` samples, between 1 and 10,000.
@@ -108,12 +116,14 @@ def cache_teacher_outputs(
     samples = dataset if not batched else dataset.unbatch()
 
     if path is None:
-        cached = _teacher_batches(view, samples, batch_size).cache()
+        generate, spec = _teacher_pass(view, samples, batch_size)
+        cached = tf.data.Dataset.from_generator(generate, output_signature=spec).cache()
         # One pass runs the teacher and fills the cache; fit only reads it.
         count = cached.reduce(tf.constant(0, "int64"), _add_batch_size)
         cached = cached.unbatch().apply(tf.data.experimental.assert_cardinality(count))
     else:
-        cached = _folder_cache(view, samples, batch_size, os.path.abspath(path))
+        path = os.path.abspath(path)
+        cached = _folder_cache(view, samples, batch_size, path, shuffle, seed)
     if shuffle:
         buffer = shuffle_buffer_size(cached.element_spec, shuffle_buffer_bytes)
         cached = cached.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
@@ -214,8 +224,9 @@ def _first_batch_size(dataset):
     return int(tf.shape(keras.tree.flatten(first)[0])[0])
 
 
-def _teacher_batches(view, samples, batch_size):
-    """Batches of stored elements, the teacher run as each batch is read."""
+def _teacher_pass(view, samples, batch_size):
+    """`(generate, spec)`: batches of stored elements, the teacher run as
+    each is drawn, and their `element_spec` (traced, the teacher not run)."""
     batches = samples.batch(batch_size)
     x_spec, y_spec, weight_spec = keras.utils.unpack_x_y_sample_weight(batches.element_spec)
     forward = tf.function(lambda x: _to_stored(view(x, training=False)), autograph=False)
@@ -234,18 +245,17 @@ def _teacher_batches(view, samples, batch_size):
             x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
             yield element(x, forward(x), y, sample_weight)
 
-    return tf.data.Dataset.from_generator(
-        generate, output_signature=element(x_spec, outputs_spec, y_spec, weight_spec)
-    )
+    return generate, element(x_spec, outputs_spec, y_spec, weight_spec)
 
 
 def _add_batch_size(count, batch):
     return count + tf.shape(keras.tree.flatten(batch)[0], out_type="int64")[0]
 
 
-def _folder_cache(view, samples, batch_size, path):
-    """Loads the verified cache in `path`, or (re)writes it first."""
+def _folder_cache(view, samples, batch_size, path, shuffle, seed):
+    """Reads the verified cache in `path`, or (re)writes it first."""
     fingerprint, count = _fingerprint(view, samples)
+    generate, spec = _teacher_pass(view, samples, batch_size)
     if os.path.isfile(path):
         raise ValueError(
             f"Cache path '{path}' is a file, but the cache is a folder. Pass a "
@@ -254,7 +264,7 @@ def _folder_cache(view, samples, batch_size, path):
     if os.path.isdir(path) and os.listdir(path):
         reason = _unusable_because(path, fingerprint, count)
         if reason is None:
-            return tf.data.Dataset.load(path)
+            return _read(path, _read_record(path), spec, shuffle, seed)
         warnings.warn(
             f"The teacher-output cache in '{path}' is not used: {reason}. "
             f"Recomputing it.",
@@ -266,31 +276,84 @@ def _folder_cache(view, samples, batch_size, path):
         writer = os.path.join(partial, _WRITER_FILE)
         with open(writer, "w") as file:
             json.dump({"host": socket.gethostname(), "pid": os.getpid()}, file)
-        _teacher_batches(view, samples, batch_size).unbatch().save(partial)
+        written = _write(partial, generate())
         os.remove(writer)
-        record = {"format": _FORMAT, "fingerprint": fingerprint, "samples": count,
+        record = {"format": _FORMAT, "fingerprint": fingerprint, "samples": written,
                   "files": _checksums(partial)}
         with open(os.path.join(partial, _RECORD_FILE), "w") as file:
             json.dump(record, file, indent=1)
-    return tf.data.Dataset.load(path)
+    return _read(path, record, spec, shuffle, seed)
+
+
+def _write(folder, batches):
+    """Writes the batches into shards of about 64 MiB; returns the sample count.
+
+    Each record is one batch: its tensors serialized one by one. Written
+    synchronously, so memory holds one batch at a time whatever the disk's
+    speed (`tf.data.Dataset.save` queues without bound behind a slow disk).
+    """
+    samples, shards, shard_bytes, writer = 0, 0, 0, None
+    try:
+        for batch in batches:
+            if writer is None or shard_bytes >= _SHARD_BYTES:
+                if writer is not None:
+                    writer.close()
+                writer = tf.io.TFRecordWriter(os.path.join(folder, _SHARD_NAME.format(shards)))
+                shards, shard_bytes = shards + 1, 0
+            tensors = keras.tree.flatten(batch)
+            serialized = tf.stack([tf.io.serialize_tensor(t) for t in tensors])
+            data = tf.io.serialize_tensor(serialized).numpy()
+            writer.write(data)
+            shard_bytes += len(data)
+            samples += int(tf.shape(tensors[0])[0])
+    finally:
+        if writer is not None:
+            writer.close()
+    return samples
+
+
+def _read(path, record, spec, shuffle, seed):
+    """The samples of the cache in `path`, its shards in random order if `shuffle`."""
+    shards = [os.path.join(path, name) for name in sorted(record["files"])
+              if fnmatch.fnmatch(name, _SHARD_PATTERN)]
+    if shuffle:  # mixes samples further apart than the shuffle buffer reaches
+        files = tf.data.Dataset.from_tensor_slices(shards).shuffle(len(shards), seed=seed)
+        batches = files.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(shards)),
+                                   num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        batches = tf.data.TFRecordDataset(shards)
+    specs = keras.tree.flatten(spec)
+
+    def parse(data):
+        serialized = tf.io.parse_tensor(data, tf.string)
+        tensors = [
+            tf.ensure_shape(tf.io.parse_tensor(serialized[i], s.dtype), s.shape)
+            for i, s in enumerate(specs)
+        ]
+        return keras.tree.pack_sequence_as(spec, tensors)
+
+    batches = batches.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    # Fails loudly rather than train on fewer samples than the record says.
+    return batches.unbatch().apply(tf.data.experimental.assert_cardinality(record["samples"]))
 
 
 def _unusable_because(path, fingerprint, count):
     """Why the non-empty folder `path` is no usable cache; `None` if it is.
 
     Raises:
-        ValueError: if the folder is not a keras_kd cache at all.
+        ValueError: if the folder holds files that keras_kd did not write.
     """
-    record_path = os.path.join(path, _RECORD_FILE)
-    if not os.path.exists(record_path):
-        if not _is_keras_kd_snapshot(path):
+    names = os.listdir(path)
+    if _RECORD_FILE not in names:
+        ours = all(fnmatch.fnmatch(name, _SHARD_PATTERN) for name in names)
+        if not ours:
             raise ValueError(
                 f"Cache path '{path}' holds files that are not a keras_kd "
-                f"cache ({sorted(os.listdir(path))[:5]}); they are left "
-                f"untouched. Pass a new or empty folder as path."
+                f"cache ({sorted(names)[:5]}); they are left untouched. Pass "
+                f"a new or empty folder as path."
             )
         return f"it has no record ({_RECORD_FILE}), so its writing was interrupted"
-    record = _read_record(record_path)
+    record = _read_record(path)
     if record is None:
         return (
             f"its record {_RECORD_FILE} is unreadable, incomplete or from "
@@ -307,19 +370,15 @@ def _unusable_because(path, fingerprint, count):
             return f"the file '{name}' is not part of it"
         if found[name] != files[name]:
             return f"its file '{name}' changed since it was written (truncated or corrupted)"
-    held = int(tf.data.Dataset.load(path).cardinality())
-    if record["samples"] != count or held != count:
-        return (
-            f"it holds {held} samples (its record says {record['samples']}), "
-            f"but the data has {count}"
-        )
+    if record["samples"] != count:
+        return f"it holds {record['samples']} samples, but the data has {count}"
     return None
 
 
-def _read_record(record_path):
-    """The record at `record_path`, or `None` if unreadable or invalid."""
+def _read_record(path):
+    """The record of the cache in `path`, or `None` if unreadable or invalid."""
     try:
-        with open(record_path) as file:
+        with open(os.path.join(path, _RECORD_FILE)) as file:
             record = json.load(file)
     except (OSError, ValueError):
         return None
@@ -327,16 +386,6 @@ def _read_record(record_path):
     if not isinstance(record, dict) or not keys <= set(record):
         return None
     return record if record["format"] == _FORMAT else None
-
-
-def _is_keras_kd_snapshot(path):
-    """Whether `path` holds a `tf.data` snapshot of keras_kd cache elements."""
-    try:
-        spec = tf.data.Dataset.load(path).element_spec
-    except (tf.errors.OpError, OSError, ValueError):
-        return False
-    first = spec[0] if isinstance(spec, tuple) else spec
-    return isinstance(first, dict) and TEACHER_KEY in first
 
 
 def _remove_abandoned_writes(path):

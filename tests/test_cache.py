@@ -119,9 +119,8 @@ def built_cache(tmp_path, n=256):
     return distiller, counter, path
 
 
-def shard(path):
-    (found,) = path.glob("*/*.shard/*.snapshot")
-    return found
+def shards(path):
+    return sorted(path.glob("keras_kd_teacher-*.tfrecord"))
 
 
 def reloaded_in_full(distiller, counter, path, n=256, match=None):
@@ -142,21 +141,25 @@ def reloaded_in_full(distiller, counter, path, n=256, match=None):
 @pytest.mark.parametrize("cut", ["half", "100 bytes"])
 def test_a_truncated_shard_is_detected_and_recomputed(tmp_path, cut):
     distiller, counter, path = built_cache(tmp_path)
-    size = shard(path).stat().st_size
-    with open(shard(path), "r+b") as file:
+    (shard,) = shards(path)
+    size = shard.stat().st_size
+    with open(shard, "r+b") as file:
         file.truncate(size // 2 if cut == "half" else size - 100)
     reloaded_in_full(distiller, counter, path, match=(
-        rf"The teacher-output cache in '.*c' is not used: its file '.*\.snapshot' changed since "
+        rf"The teacher-output cache in '.*c' is not used: its file 'keras_kd_teacher-00000.tfrecord' changed since "
         rf"it was written \(truncated or corrupted\). Recomputing it."))
 
 
-def test_a_garbage_or_missing_shard_is_detected_and_recomputed(tmp_path):
+def test_a_garbage_or_missing_shard_is_detected_and_recomputed(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "_SHARD_BYTES", 1000)  # 8 shards of 2 batches
     distiller, counter, path = built_cache(tmp_path)
-    shard(path).write_bytes(np.random.default_rng(0).bytes(shard(path).stat().st_size))
-    reloaded_in_full(distiller, counter, path, match=r"its file '.*\.snapshot' changed since it was written")
-    relative = shard(path).relative_to(path).as_posix()
-    shard(path).unlink()
-    reloaded_in_full(distiller, counter, path, match=rf"'.*c' is not used: its file '{relative}' is missing")
+    assert len(shards(path)) == 8
+    shards(path)[1].write_bytes(np.random.default_rng(0).bytes(shards(path)[1].stat().st_size))
+    reloaded_in_full(distiller, counter, path,
+                     match=r"its file 'keras_kd_teacher-00001.tfrecord' changed since it was written")
+    shards(path)[2].unlink()
+    reloaded_in_full(distiller, counter, path,
+                     match=r"'.*c' is not used: its file 'keras_kd_teacher-00002.tfrecord' is missing")
     (path / "extra.bin").write_bytes(b"x")
     reloaded_in_full(distiller, counter, path, match=r"the file 'extra.bin' is not part of it")
 
@@ -216,8 +219,8 @@ def test_logits_equal_to_the_output_are_stored_once(tmp_path):
     for teacher, folder, stored in ((logits_teacher, "a", ["output"]),
                                     (softmax_teacher, "b", ["logits", "output"])):
         cached = keras_kd.cache_teacher_outputs(teacher, dataset(), path=str(tmp_path / folder))
-        saved = tf.data.Dataset.load(str(tmp_path / folder)).element_spec[0]["keras_kd_teacher"]
-        assert sorted(saved) == stored
+        first_batch = next(iter(tf.data.TFRecordDataset(shards(tmp_path / folder))))
+        assert len(tf.io.parse_tensor(first_batch, tf.string)) == len(stored) + 2  # + x and y
         x, _ = next(iter(cached))
         _, outputs = cache.split(x)
         expected = teacher(x["keras_kd_inputs"])
