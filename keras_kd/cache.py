@@ -405,6 +405,8 @@ def _remove_abandoned_writes(path):
 
 
 def _running(pid):
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would send Ctrl+C on Windows: keep it
     try:
         os.kill(pid, 0)  # signal 0: only checks that the process exists
     except ProcessLookupError:
