@@ -3,33 +3,68 @@
 `cache_teacher_outputs` runs the teacher over a finite data set once and
 returns a `tf.data.Dataset` whose batches carry the inputs, the labels and the
 teacher's outputs (logits and every layer the Distiller taps). `fit` on it
-does not run the teacher at all. In memory, or on disk (`path=`) for reuse
-across processes: the file records a fingerprint of the teacher (architecture,
-weights, taps) and of the data, and a cache whose teacher or data changed is
-recomputed, with a warning, never silently reused.
+does not run the teacher at all. The teacher's outputs are streamed, a batch
+at a time, into memory or into a folder on disk (`path=`, reusable across
+processes) as TFRecord shards of about 64 MiB.
+
+A folder cache is never trained on unless it is complete: it is written
+beside `path` and renamed into place only after its record
+(`keras_kd_cache.json`: a fingerprint of the teacher and the data, the sample
+count and the sha256 of every file) is inside, so `path` either holds a
+complete cache or does not exist. Each load checks that record against the
+teacher, the data and the files; a cache that fails is recomputed with a
+warning saying why. Partial folders of writes killed on this machine
+(`.<name>.partial-*` beside `path`) are removed by the next write.
 """
 
+import fnmatch
+import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
 import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_kd import taps
+from keras_kd import _files, taps
 
 INPUTS_KEY = "keras_kd_inputs"
 TEACHER_KEY = "keras_kd_teacher"
-_FINGERPRINT_FILE = "keras_kd_cache.json"
+SHUFFLE_BUFFER_BYTES = 256 * 2**20
+"""Default memory budget of the shuffle buffer (256 MiB)."""
+_MAX_SHUFFLE_BUFFER = 10_000
+_RECORD_FILE = "keras_kd_cache.json"
+_WRITER_FILE = "keras_kd_cache.writer"
+_SHARD_NAME = "keras_kd_teacher-{:05d}.tfrecord"
+_SHARD_PATTERN = "keras_kd_teacher-*.tfrecord"
+_SHARD_BYTES = 64 * 2**20
+_FORMAT = "keras_kd teacher-output cache, version 1"
 
 
 def cache_teacher_outputs(
-    teacher, dataset, path=None, batch_size=None, shuffle=True, seed=None
+    teacher,
+    dataset,
+    path=None,
+    batch_size=None,
+    shuffle=True,
+    seed=None,
+    shuffle_buffer_bytes=SHUFFLE_BUFFER_BYTES,
 ):
     """Runs the teacher once over `dataset`; returns batches carrying its outputs.
+
+    The teacher's outputs are streamed to memory or disk a batch at a time
+    (a folder cache is written beside `path` and renamed into place when
+    complete). A folder cache (`path=`) is reused only if its record matches the
+    teacher (architecture, weights, taps), the data, the sample count and the
+    sha256 of each of its files; verifying costs one read of the cache files,
+    which is what guarantees that training never runs on partial data.
+    Anything else (teacher or data changed, a file truncated, corrupted,
+    missing or added, a write that was killed) is recomputed with a warning
+    that names the folder and the reason.
 
     Args:
         teacher: a `keras_kd.Distiller` (its teacher, with every layer its
@@ -40,14 +75,19 @@ def cache_teacher_outputs(
             `None` keeps it in memory.
         batch_size: the batch size of the returned data set; defaults to the
             input's (its first batch), or 32 for unbatched input.
-        shuffle: reshuffle the samples at each epoch.
+        shuffle: reshuffle the samples (and a folder cache's shards) at each
+            epoch.
         seed: the shuffle's seed.
+        shuffle_buffer_bytes: memory budget of the shuffle buffer; it holds
+            `budget // bytes per sample` samples, between 1 and 10,000.
 
     Returns:
         A batched `tf.data.Dataset` to pass to `Distiller.fit`/`evaluate`.
 
     Raises:
-        ValueError: if `dataset` is infinite or not a `tf.data.Dataset`.
+        ValueError: if `dataset` is infinite or not a `tf.data.Dataset`, or
+            if `path` is a file or a folder holding other files than a
+            keras_kd cache (those are never deleted).
 
     Example:
 
@@ -76,16 +116,17 @@ def cache_teacher_outputs(
     samples = dataset if not batched else dataset.unbatch()
 
     if path is None:
-        cached = _compute(view, samples, batch_size)
+        generate, spec = _teacher_pass(view, samples, batch_size)
+        cached = tf.data.Dataset.from_generator(generate, output_signature=spec).cache()
+        # One pass runs the teacher and fills the cache; fit only reads it.
+        count = cached.reduce(tf.constant(0, "int64"), _add_batch_size)
+        cached = cached.unbatch().apply(tf.data.experimental.assert_cardinality(count))
     else:
-        fingerprint = _fingerprint(view, samples)
-        cached = _load(path, fingerprint)
-        if cached is None:
-            cached = _compute(view, samples, batch_size)
-            _save(cached, path, fingerprint)
-            cached = tf.data.Dataset.load(path)
+        path = os.path.abspath(path)
+        cached = _folder_cache(view, samples, batch_size, path, shuffle, seed)
     if shuffle:
-        cached = cached.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
+        buffer = shuffle_buffer_size(cached.element_spec, shuffle_buffer_bytes)
+        cached = cached.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     return cached.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -100,15 +141,67 @@ def split(x):
         batch that does not come from `cache_teacher_outputs`.
     """
     if isinstance(x, dict) and TEACHER_KEY in x:
-        return x[INPUTS_KEY], x[TEACHER_KEY]
+        return x[INPUTS_KEY], _from_stored(x[TEACHER_KEY])
     return x, None
+
+
+def shuffle_buffer_size(element_spec, budget_bytes=SHUFFLE_BUFFER_BYTES):
+    """The number of samples a shuffle buffer of `budget_bytes` holds.
+
+    Args:
+        element_spec: the `element_spec` of one (unbatched) sample; unknown
+            dimensions count as 1.
+        budget_bytes: the memory budget.
+
+    Returns:
+        `budget_bytes // bytes per sample`, clamped to [1, 10,000].
+
+    Example:
+
+    ```python
+    spec = tf.TensorSpec((28, 28, 512), "float32")  # 1.6 MB per sample
+    shuffle_buffer_size(spec)  # 167
+    ```
+    """
+    sample_bytes = sum(
+        int(np.prod([d or 1 for d in spec.shape])) * max(spec.dtype.size, 1)
+        for spec in keras.tree.flatten(element_spec)
+    )
+    return int(np.clip(budget_bytes // max(sample_bytes, 1), 1, _MAX_SHUFFLE_BUFFER))
+
+
+# ------------------------------------------- the view's layout, in one place
+
+
+def _to_stored(outputs):
+    """A view's `ViewOutputs` as stored: a dict, the logits once if they
+    are the output.
+
+    tf.data reads lists as tensors to stack, so several teachers' outputs
+    are kept as tuples.
+    """
+    as_tuples = [tuple(v) if isinstance(v, list) else v for v in outputs]
+    stored = dict(zip(("output", "logits", "taps"), as_tuples))
+    output, logits = keras.tree.flatten(stored["output"]), keras.tree.flatten(stored["logits"])
+    if len(output) == len(logits) and all(a is b for a, b in zip(output, logits)):
+        del stored["logits"]
+    return stored
+
+
+def _from_stored(stored):
+    """The `ViewOutputs` rebuilt from `_to_stored`'s."""
+    return taps.ViewOutputs(
+        output=stored["output"],
+        logits=stored.get("logits", stored["output"]),
+        taps=dict(stored["taps"]),
+    )
 
 
 # ---------------------------------------------------------------- helpers
 
 
 def _teacher_view(teacher):
-    view = getattr(teacher, "_teacher_view", None)  # a Distiller
+    view = getattr(teacher, "teacher_view", None)  # a Distiller
     if view is not None:
         return view, teacher.teachers[0]
     if not isinstance(teacher, keras.Model):
@@ -133,25 +226,217 @@ def _first_batch_size(dataset):
     return int(tf.shape(keras.tree.flatten(first)[0])[0])
 
 
-def _compute(view, samples, batch_size):
-    """Runs the teacher over all samples once; returns per-sample elements."""
-    forward = tf.function(lambda x: view(x, training=False), autograph=False)
-    columns = []
-    for batch in samples.batch(batch_size):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
-        # tf.data reads lists as tensors to stack: several teachers' outputs
-        # are kept as tuples.
-        outputs = taps.ViewOutputs(
-            *(tuple(v) if isinstance(v, list) else v for v in forward(x))
+def _teacher_pass(view, samples, batch_size):
+    """`(generate, spec)`: batches of stored elements, the teacher run as
+    each is drawn, and their `element_spec` (traced, the teacher not run)."""
+    batches = samples.batch(batch_size)
+    x_spec, y_spec, weight_spec = keras.utils.unpack_x_y_sample_weight(batches.element_spec)
+    forward = tf.function(lambda x: _to_stored(view(x, training=False)), autograph=False)
+    outputs_spec = keras.tree.map_structure(
+        lambda t: tf.TensorSpec(t.shape, t.dtype),
+        forward.get_concrete_function(x_spec).structured_outputs,
+    )
+
+    def element(x, outputs, y, sample_weight):
+        parts = [{INPUTS_KEY: x, TEACHER_KEY: outputs}]
+        parts += [p for p in (y, sample_weight) if p is not None]
+        return tuple(parts) if len(parts) > 1 else parts[0]
+
+    def generate():
+        for batch in batches:
+            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+            yield element(x, forward(x), y, sample_weight)
+
+    return generate, element(x_spec, outputs_spec, y_spec, weight_spec)
+
+
+def _add_batch_size(count, batch):
+    return count + tf.shape(keras.tree.flatten(batch)[0], out_type="int64")[0]
+
+
+def _folder_cache(view, samples, batch_size, path, shuffle, seed):
+    """Reads the verified cache in `path`, or (re)writes it first."""
+    fingerprint, count = _fingerprint(view, samples)
+    generate, spec = _teacher_pass(view, samples, batch_size)
+    if os.path.isfile(path):
+        raise ValueError(
+            f"Cache path '{path}' is a file, but the cache is a folder. Pass a "
+            f"folder path."
         )
-        element = {INPUTS_KEY: x, TEACHER_KEY: outputs}
-        parts = [element] + [p for p in (y, sample_weight) if p is not None]
-        columns.append(keras.tree.map_structure(np.asarray, tuple(parts)))
-    merged = keras.tree.map_structure(lambda *a: np.concatenate(a), *columns)
-    return tf.data.Dataset.from_tensor_slices(merged if len(merged) > 1 else merged[0])
+    if os.path.isdir(path) and os.listdir(path):
+        reason = _unusable_because(path, fingerprint, count)
+        if reason is None:
+            return _read(path, _read_record(path), spec, shuffle, seed)
+        warnings.warn(
+            f"The teacher-output cache in '{path}' is not used: {reason}. "
+            f"Recomputing it.",
+            stacklevel=3,
+        )
+    _remove_abandoned_writes(path)
+    with _files.atomic_path(path, force=True) as partial:
+        os.makedirs(partial)
+        writer = os.path.join(partial, _WRITER_FILE)
+        with open(writer, "w") as file:
+            json.dump({"host": socket.gethostname(), "pid": os.getpid()}, file)
+        written = _write(partial, generate())
+        os.remove(writer)
+        record = {"format": _FORMAT, "fingerprint": fingerprint, "samples": written,
+                  "files": _checksums(partial)}
+        with open(os.path.join(partial, _RECORD_FILE), "w") as file:
+            json.dump(record, file, indent=1)
+    return _read(path, record, spec, shuffle, seed)
+
+
+def _write(folder, batches):
+    """Writes the batches into shards of about 64 MiB; returns the sample count.
+
+    Each record is one batch: its tensors serialized one by one. Written
+    synchronously, so memory holds one batch at a time whatever the disk's
+    speed (`tf.data.Dataset.save` queues without bound behind a slow disk).
+    """
+    samples, shards, shard_bytes, writer = 0, 0, 0, None
+    try:
+        for batch in batches:
+            if writer is None or shard_bytes >= _SHARD_BYTES:
+                if writer is not None:
+                    writer.close()
+                writer = tf.io.TFRecordWriter(os.path.join(folder, _SHARD_NAME.format(shards)))
+                shards, shard_bytes = shards + 1, 0
+            tensors = keras.tree.flatten(batch)
+            serialized = tf.stack([tf.io.serialize_tensor(t) for t in tensors])
+            data = tf.io.serialize_tensor(serialized).numpy()
+            writer.write(data)
+            shard_bytes += len(data)
+            samples += int(tf.shape(tensors[0])[0])
+    finally:
+        if writer is not None:
+            writer.close()
+    return samples
+
+
+def _read(path, record, spec, shuffle, seed):
+    """The samples of the cache in `path`, its shards in random order if `shuffle`."""
+    shards = [os.path.join(path, name) for name in sorted(record["files"])
+              if fnmatch.fnmatch(name, _SHARD_PATTERN)]
+    if shuffle:  # mixes samples further apart than the shuffle buffer reaches
+        files = tf.data.Dataset.from_tensor_slices(shards).shuffle(len(shards), seed=seed)
+        batches = files.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(shards)),
+                                   num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        batches = tf.data.TFRecordDataset(shards)
+    specs = keras.tree.flatten(spec)
+
+    def parse(data):
+        serialized = tf.io.parse_tensor(data, tf.string)
+        tensors = [
+            tf.ensure_shape(tf.io.parse_tensor(serialized[i], s.dtype), s.shape)
+            for i, s in enumerate(specs)
+        ]
+        return keras.tree.pack_sequence_as(spec, tensors)
+
+    batches = batches.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    # Fails loudly rather than train on fewer samples than the record says.
+    return batches.unbatch().apply(tf.data.experimental.assert_cardinality(record["samples"]))
+
+
+def _unusable_because(path, fingerprint, count):
+    """Why the non-empty folder `path` is no usable cache; `None` if it is.
+
+    Raises:
+        ValueError: if the folder holds files that keras_kd did not write.
+    """
+    names = os.listdir(path)
+    if _RECORD_FILE not in names:
+        ours = all(fnmatch.fnmatch(name, _SHARD_PATTERN) for name in names)
+        if not ours:
+            raise ValueError(
+                f"Cache path '{path}' holds files that are not a keras_kd "
+                f"cache ({sorted(names)[:5]}); they are left untouched. Pass "
+                f"a new or empty folder as path."
+            )
+        return f"it has no record ({_RECORD_FILE}), so its writing was interrupted"
+    record = _read_record(path)
+    if record is None:
+        return (
+            f"its record {_RECORD_FILE} is unreadable, incomplete or from "
+            f"another keras_kd version"
+        )
+    if record["fingerprint"] != fingerprint:
+        return "the teacher or the data changed since it was written"
+    found = _checksums(path)
+    files = record["files"]
+    for name in sorted(set(files) | set(found)):
+        if name not in found:
+            return f"its file '{name}' is missing"
+        if name not in files:
+            return f"the file '{name}' is not part of it"
+        if found[name] != files[name]:
+            return f"its file '{name}' changed since it was written (truncated or corrupted)"
+    if record["samples"] != count:
+        return f"it holds {record['samples']} samples, but the data has {count}"
+    return None
+
+
+def _read_record(path):
+    """The record of the cache in `path`, or `None` if unreadable or invalid."""
+    try:
+        with open(os.path.join(path, _RECORD_FILE)) as file:
+            record = json.load(file)
+    except (OSError, ValueError):
+        return None
+    keys = {"format", "fingerprint", "samples", "files"}
+    if not isinstance(record, dict) or not keys <= set(record):
+        return None
+    return record if record["format"] == _FORMAT else None
+
+
+def _remove_abandoned_writes(path):
+    """Removes the partial folders of writes to `path` killed on this host."""
+    folder, name = os.path.split(path)
+    stem, suffix = os.path.splitext(name)
+    for partial in glob.glob(os.path.join(folder, f".{glob.escape(stem)}.partial-*{suffix}")):
+        try:
+            with open(os.path.join(partial, _WRITER_FILE)) as file:
+                writer = json.load(file)
+        except (OSError, ValueError):
+            continue  # not a cache write, or one about to be renamed
+        pid = writer.get("pid") if isinstance(writer, dict) else None
+        here = isinstance(pid, int) and writer.get("host") == socket.gethostname()
+        if here and not _running(pid):
+            shutil.rmtree(partial)
+
+
+def _running(pid):
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would send Ctrl+C on Windows: keep it
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def _checksums(path):
+    """`{relative file path: sha256}` of every file of the cache but its record."""
+    sums = {}
+    for root, _, names in os.walk(path):
+        for name in names:
+            full = os.path.join(root, name)
+            relative = os.path.relpath(full, path).replace(os.sep, "/")
+            if relative == _RECORD_FILE:
+                continue
+            digest = hashlib.sha256()
+            with open(full, "rb") as file:
+                for block in iter(lambda: file.read(2**20), b""):
+                    digest.update(block)
+            sums[relative] = digest.hexdigest()
+    return sums
 
 
 def _fingerprint(view, samples):
+    """sha256 of the teacher(s) and the data, and the number of samples."""
     digest = hashlib.sha256()
     views = getattr(view, "views", [view])
     for single in views:
@@ -160,36 +445,9 @@ def _fingerprint(view, samples):
         digest.update(json.dumps(sorted(single.layers)).encode())
         for weight in model.weights:
             digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    count = 0
     for element in samples.batch(1024):
+        count = int(_add_batch_size(count, element))
         for tensor in keras.tree.flatten(element):
             digest.update(np.ascontiguousarray(np.asarray(tensor)).tobytes())
-    return digest.hexdigest()
-
-
-def _load(path, fingerprint):
-    record = os.path.join(path, _FINGERPRINT_FILE)
-    if not os.path.exists(record):
-        return None
-    with open(record) as file:
-        saved = json.load(file).get("fingerprint")
-    if saved != fingerprint:
-        warnings.warn(
-            f"The teacher or the data changed since the cache in '{path}' was "
-            f"written; recomputing it.",
-            stacklevel=3,
-        )
-        return None
-    return tf.data.Dataset.load(path)
-
-
-def _save(dataset, path, fingerprint):
-    if os.path.isdir(path) and os.listdir(path):
-        if not os.path.exists(os.path.join(path, _FINGERPRINT_FILE)):
-            raise ValueError(
-                f"'{path}' already holds files that are not a keras_kd cache. "
-                f"Pass an empty or new folder as path."
-            )
-        shutil.rmtree(path)
-    dataset.save(path)
-    with open(os.path.join(path, _FINGERPRINT_FILE), "w") as file:
-        json.dump({"fingerprint": fingerprint}, file)
+    return digest.hexdigest(), count

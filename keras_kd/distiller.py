@@ -147,7 +147,9 @@ class Distiller(keras.Model):
         self._terms = [_Term(loss, term) for loss, term in zip(losses, self.term_names)]
 
         teacher_paths = _layer_paths(self._terms, "teacher_path")
-        self._teacher_view = (
+        # The view that runs the teacher(s) once and taps what the losses
+        # read; `cache_teacher_outputs` runs the same view.
+        self.teacher_view = (
             taps.ModelView(teacher, teacher_paths, "teacher")
             if len(teachers) == 1
             else taps.EnsembleView(teachers, teacher_paths)
@@ -155,7 +157,7 @@ class Distiller(keras.Model):
         self._student_view = taps.ModelView(
             student, _layer_paths(self._terms, "student_path"), "student"
         )
-        teacher_spec = self._teacher_view.output_spec()
+        teacher_spec = self.teacher_view.output_spec()
         student_spec = self._student_view.output_spec()
         self.connectors = self._build_connectors(teacher_spec, student_spec)
         self._logged_terms = _Means(
@@ -239,7 +241,7 @@ class Distiller(keras.Model):
             (every layer the losses tap). With several teachers, `output`
             and `logits` are lists, one entry per teacher.
         """
-        return self._teacher_view(x, training=False)
+        return self.teacher_view(x, training=False)
 
     def schedulable_variables(self):
         """Every number a callback may change during `fit`.
@@ -370,7 +372,7 @@ class Distiller(keras.Model):
     def _teacher_outputs(self, x, cached):
         """The teacher's outputs: from the batch's cache, else one forward."""
         if cached is None:
-            return self._teacher_view(x, training=False)
+            return self.teacher_view(x, training=False)
         needed = set(_layer_paths(self._terms, "teacher_path"))
         if not needed <= set(cached.taps):
             raise ValueError(
