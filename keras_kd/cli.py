@@ -641,8 +641,8 @@ def config_loss(entry, index, path):
         raise UsageError(f"{where} ({entry['class_name']!r}) cannot be built: "
                          f"{str(error).strip().splitlines()[0]} Use one of: {', '.join(available)}.") from error
     if not isinstance(loss, keras_kd.DistillationLoss):
-        raise UsageError(f"{where} is a {type(loss).__name__}, not a keras_kd distillation loss. "
-                         f"Use one of: {', '.join(available)}.")
+        raise UsageError(f"{where} names class {entry['class_name']!r}, which is not a keras_kd "
+                         f"distillation loss. Use one of: {', '.join(available)}.")
     return loss
 
 
