@@ -240,7 +240,6 @@ def main(argv=None):
         interrupted.
     """
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         if args.command == "demo":
             from keras_kd import demo
@@ -396,6 +395,7 @@ def run_distill(args):
             run whose loss or weights became non-finite.
     """
     import keras
+    import tensorflow as tf
 
     import keras_kd
     from keras_kd import export, taps
@@ -430,7 +430,8 @@ def run_distill(args):
     columns = (x, y) if y is not None else (x,)
     if args.cache_teacher:
         cached = keras_kd.cache_teacher_outputs(
-            distiller, tf_data(columns), batch_size=args.batch_size, shuffle=False)
+            distiller, tf.data.Dataset.from_tensor_slices(columns), batch_size=args.batch_size,
+            shuffle=False)  # epoch_batches shuffles, resumably
         columns = keras.tree.map_structure(lambda *parts: np.concatenate(parts),
                                            *cached.as_numpy_iterator())
     train, epoch_callback = epoch_batches(columns, args.batch_size, args.seed)
@@ -456,6 +457,7 @@ def run_distill(args):
     with atomic_path(outputs["student"], args.force) as partial:
         student.save(partial)
     print(f"Wrote {outputs['student']}")
+    _remove(outputs["backup"])  # the run is saved
     if args.export_tflite:
         quantization = None if args.export_tflite == "float32" else args.export_tflite
         report = export.export_student(
@@ -463,7 +465,6 @@ def run_distill(args):
             representative_data=x, evaluation_data=validation, force=args.force,
         )
         print(export.format_report(report))
-    _remove(outputs["backup"])
 
 
 def check_distill_outputs(args):
@@ -691,13 +692,6 @@ def check_inputs_fit(x, model, spec):
             f"Data '{spec}' has inputs of shape {x.shape[1:]}, but the models take "
             f"{expected}. Pass data shaped like the models' input."
         )
-
-
-def tf_data(columns):
-    """The samples of NumPy columns as an unbatched `tf.data.Dataset`."""
-    import tensorflow as tf
-
-    return tf.data.Dataset.from_tensor_slices(columns)
 
 
 def epoch_batches(columns, batch_size, seed):
