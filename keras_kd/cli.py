@@ -348,6 +348,10 @@ def run_export(args):
 
     quantization = None if args.quantization == "none" else args.quantization
     kind = export._format_of(args.output)  # noqa: SLF001 - one rule for the suffixes
+    if quantization == "int8" and not args.representative_data:
+        raise UsageError("--quantization int8 calibrates activation ranges on sample inputs: pass "
+                         "--representative-data SPEC (e.g. the training data), or use --quantization "
+                         "dynamic, which needs none.")
     export._check_arguments(kind, quantization, args.representative_data)  # noqa: SLF001
     if args.int8_io and quantization != "int8":
         raise UsageError(f"--int8-io applies to --quantization int8, not {args.quantization}.")

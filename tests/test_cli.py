@@ -205,7 +205,7 @@ BAD_INPUTS = [
      "Export path '{files}/a_file' is a file, but a folder is written there"),
     ("export-inside-a-file", ["export", "{student}", "{files}/a_file/s.tflite"], "which is a file, not a folder"),
     ("export-int8-without-data", ["export", "{student}", "{files}/s.tflite", "--quantization", "int8"],
-     "quantization='int8' calibrates activation ranges"),
+     "--quantization int8 calibrates activation ranges on sample inputs: pass --representative-data SPEC"),
     ("export-int8-io-without-int8", ["export", "{student}", "{files}/s.tflite", "--int8-io"],
      "--int8-io applies to --quantization int8"),
     ("export-student-missing", ["export", "{files}/missing.keras", "{files}/s.tflite"],
