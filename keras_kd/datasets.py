@@ -1,6 +1,7 @@
 """Data sets made or shipped locally, for the demo, the CLI and the benchmarks."""
 
 import os
+import zipfile
 
 import numpy as np
 
@@ -89,24 +90,120 @@ def npz(path):
         path: the file.
 
     Returns:
-        `((x, y), (x_val, y_val))`; missing arrays are `None`.
+        `((x, y), (x_val, y_val))`; missing arrays are `None`. Inputs are
+        float32; labels as stored.
 
     Raises:
-        ValueError: if the file has no `x` array.
+        ValueError: if the file is not an `.npz` archive (a zip of `.npy`
+            arrays, as `np.savez` writes), has no `x` array, or holds
+            arrays of Python objects or of non-numbers.
     """
-    with np.load(path) as arrays:
+    if os.path.isdir(path):
+        raise ValueError(f"Data path '{path}' is a folder, not an .npz file. {_SAVE_NPZ}")
+    if not zipfile.is_zipfile(path):
+        size = os.path.getsize(path)
+        what = "is empty (0 bytes)" if size == 0 else f"({size:,} bytes) is not an .npz archive"
+        raise ValueError(f"Data file '{path}' {what}. {_SAVE_NPZ}")
+    with np.load(path, allow_pickle=False) as arrays:
         if "x" not in arrays:
+            raise ValueError(f"Data file '{path}' has arrays {sorted(arrays.files)} but no 'x'. {_SAVE_NPZ}")
+        found = {key: _read_array(arrays, key, path) for key in ("x", "y", "x_val", "y_val")}
+    return (
+        (found["x"].astype("float32"), found["y"]),
+        (None if found["x_val"] is None else found["x_val"].astype("float32"), found["y_val"]),
+    )
+
+
+_SAVE_NPZ = "Save the data with np.savez(path, x=inputs, y=labels[, x_val=..., y_val=...])."
+
+
+def _read_array(arrays, key, path):
+    """One numeric array of an open `.npz` file, or `None` if it is absent."""
+    if key not in arrays:
+        return None
+    try:
+        array = arrays[key]
+    except ValueError as error:
+        if "allow_pickle" in str(error):
             raise ValueError(
-                f"'{path}' has arrays {sorted(arrays.files)} but no 'x'. Save "
-                f"it with np.savez(path, x=inputs, y=labels[, x_val=..., "
-                f"y_val=...])."
-            )
-        get = lambda key: np.asarray(arrays[key]) if key in arrays else None  # noqa: E731
-        x, x_val = get("x"), get("x_val")
-        return (
-            (x.astype("float32"), get("y")),
-            (None if x_val is None else x_val.astype("float32"), get("y_val")),
+                f"Array '{key}' in '{path}' holds Python objects (dtype=object), which are "
+                f"not loaded: unpickling a file can run code. Save numeric arrays, e.g. "
+                f"np.savez(path, {key}=np.asarray({key}, 'float32'))."
+            ) from None
+        raise ValueError(f"Array '{key}' in '{path}' cannot be read ({error}). {_SAVE_NPZ}") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as error:
+        raise ValueError(f"Array '{key}' in '{path}' cannot be read ({error}). {_SAVE_NPZ}") from None
+    if array.dtype.kind not in "biuf":
+        raise ValueError(
+            f"Array '{key}' in '{path}' has dtype {array.dtype}, not numbers. "
+            f"Save numeric arrays (float inputs, integer class ids)."
         )
+    return array
+
+
+def check(x, y, name, classes=None):
+    """Checks arrays before training on them; returns them cleaned.
+
+    Args:
+        x: inputs.
+        y: class-id labels, or `None` for unlabelled data.
+        name: what the data is called in messages (its spec).
+        classes: the models' number of classes, to check labels against.
+
+    Returns:
+        `(x, y)`: `x` as float32, `y` as int32 of shape `(n,)` (a `(n, 1)`
+        column is flattened), or `None`.
+
+    Raises:
+        ValueError: if `x` has no samples or non-finite values, or the
+            labels are not one whole number per sample in `[0, classes)`.
+            Each message gives how many values are wrong.
+    """
+    x = np.asarray(x)
+    if x.ndim == 0 or len(x) == 0:
+        raise ValueError(f"Data '{name}' has no samples (inputs of shape {x.shape}). Pass a non-empty data set.")
+    x = x.astype("float32")
+    bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+    if bad:
+        samples = int(np.count_nonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1)))
+        raise ValueError(
+            f"Data '{name}' has {bad} NaN or infinite input values (in {samples} of {len(x)} "
+            f"samples). Remove those samples or replace the values (e.g. np.nan_to_num) first."
+        )
+    if y is None:
+        return x, None
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(
+            f"Data '{name}' has labels of shape {y.shape}, but class ids of shape ({len(x)},) "
+            f"are expected. For one-hot labels pass y.argmax(-1)."
+        )
+    if len(y) != len(x):
+        raise ValueError(f"Data '{name}' has {len(x)} inputs but {len(y)} labels. Pass one label per input.")
+    _check_labels(y, name, classes)
+    return x, y.astype("int32")
+
+
+def _check_labels(y, name, classes):
+    expected = f"class ids 0..{classes - 1}" if classes else "class ids 0, 1, 2, ..."
+    problems = (
+        (~np.isfinite(y) | (y != np.round(y)) if y.dtype.kind == "f" else np.zeros(len(y), bool),
+         "are not whole numbers"),
+        (y < 0, "are negative"),
+        (y >= classes if classes else np.zeros(len(y), bool), f"are {classes} or more"),
+    )
+    for wrong, what in problems:
+        count = int(np.count_nonzero(wrong))
+        if count:
+            example = y[wrong][0]
+            raise ValueError(
+                f"Data '{name}' has {count} of {len(y)} labels that {what} (e.g. {example:g}), "
+                f"but labels must be {expected}"
+                + (f", as the models output {classes} classes" if classes else "")
+                + ". Fix or remove those labels."
+            )
 
 
 def tfds(name, split="train"):

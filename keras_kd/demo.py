@@ -12,6 +12,8 @@ from keras_kd.distiller import Distiller
 from keras_kd.export import export_student, save_for_inference
 from keras_kd.losses.logits import LogitsDistillation
 
+OUTPUT = "kd_output"
+QUICK_OUTPUT = "kd_output_quick"  # never over a full run's files
 EPOCHS = 300
 QUICK_EPOCHS = 3
 QUICK_SAMPLES = 1000
@@ -92,7 +94,7 @@ def train_on_labels(model, x, y, epochs, augmentation=None, seed=None, callbacks
             validation_data = (validation_data[0], tf.one_hot(validation_data[1], CLASSES))
     model.compile(optimizer(epochs, len(x)), loss, metrics=["accuracy"])
     model.fit(labelled_batches(x, y, augmentation, seed), epochs=epochs, callbacks=list(callbacks),
-              validation_data=validation_data, verbose=verbose)
+              validation_data=validation_data, shuffle=False, verbose=verbose)
     return model
 
 
@@ -118,14 +120,16 @@ def distiller_recipe(teacher, student, epochs, samples, seed=None):
     return distiller
 
 
-def run(output="kd_output", quick=False, epochs=None, seed=0):
+def run(output=None, quick=False, epochs=None, seed=0):
     """Trains the three models, prints the table and writes the files.
 
     Args:
         output: folder for `teacher.keras`, `student_alone.keras`,
             `student.keras`, `student.tflite` (int8) and `logs/`
-            (TensorBoard: one run per model).
-        quick: a short run on a subset, for a smoke test.
+            (TensorBoard: one run per model); defaults to `kd_output`, or
+            `kd_output_quick` with `quick`.
+        quick: a short run on a subset, for a smoke test: the table says
+            its accuracies are not results.
         epochs: epochs per model; defaults to the recipe's.
         seed: random seed.
 
@@ -133,6 +137,7 @@ def run(output="kd_output", quick=False, epochs=None, seed=0):
         The table's rows, one dict per model.
     """
     epochs = epochs or (QUICK_EPOCHS if quick else EPOCHS)
+    output = output or (QUICK_OUTPUT if quick else OUTPUT)
     (x_train, y_train), (x_test, y_test) = datasets.mnist1d()
     if quick:
         x_train, y_train = x_train[:QUICK_SAMPLES], y_train[:QUICK_SAMPLES]
@@ -187,6 +192,7 @@ def run(output="kd_output", quick=False, epochs=None, seed=0):
     report = export_student(
         student, os.path.join(output, "student.tflite"), quantization="int8",
         representative_data=x_train, evaluation_data=(x_test, y_test),
+        force=True,  # the demo rewrites its own folder, as it does its .keras files
     )
     rows.append(
         {
@@ -200,6 +206,9 @@ def run(output="kd_output", quick=False, epochs=None, seed=0):
 
     print()
     print(format_table(rows))
+    if quick:
+        print(f"Quick run ({len(x_train)} samples, {epochs} epochs): a smoke test of the pipeline, "
+              f"not results. Run `keras-kd demo` without --quick for the comparison.")
     print(f"\nFiles in {output}/; TensorBoard: tensorboard --logdir {logs}")
     return rows
 

@@ -7,6 +7,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_kd._files import atomic_path, check_destination
+
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
 REPRESENTATIVE_SAMPLES = 200
 
@@ -19,6 +21,7 @@ def export_student(
     sample_inputs=None,
     evaluation_data=None,
     int8_io=False,
+    force=False,
 ):
     """Writes the student alone and reports how close the file is to it.
 
@@ -40,6 +43,9 @@ def export_student(
             report then has the accuracy of both.
         int8_io: with `"int8"`, make the model's inputs and outputs int8 too
             (for integer-only accelerators); they are float32 otherwise.
+        force: replace an existing file or folder at `path`. The file is
+            written beside `path` and renamed onto it, so an interrupted
+            export never leaves a truncated file.
 
     Returns:
         A dict: `path`, `format`, `quantization`, `bytes`,
@@ -50,7 +56,9 @@ def export_student(
 
     Raises:
         ValueError: for an unknown quantization, a quantization requested for
-            a non-`.tflite` path, or `"int8"` without representative data.
+            a non-`.tflite` path, `"int8"` without representative data, or a
+            `path` that exists (without `force`) or cannot be written; all
+            checked before the conversion.
         RuntimeError: if the converter cannot lower the student.
 
     Example:
@@ -66,13 +74,15 @@ def export_student(
     path = os.fspath(path)
     kind = _format_of(path)
     _check_arguments(kind, quantization, representative_data)
+    check_destination(path, force, "Export", "folder" if kind == "saved_model" else "file")
 
-    if kind == "keras":
-        student.save(path)
-    elif kind == "saved_model":
-        student.export(path, format="tf_saved_model", verbose=False)
-    else:
-        _write_tflite(student, path, quantization, representative_data, int8_io)
+    with atomic_path(path, force) as partial:
+        if kind == "keras":
+            student.save(partial)
+        elif kind == "saved_model":
+            student.export(partial, format="tf_saved_model", verbose=False)
+        else:
+            _write_tflite(student, partial, quantization, representative_data, int8_io)
 
     report = {
         "path": path,

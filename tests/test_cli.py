@@ -1,16 +1,32 @@
 """The keras-kd command: demo, distill and export end to end, and its errors."""
 
+import configparser
+import json
+import os
 import pathlib
 import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import keras_kd
 from keras_kd import cli, datasets, demo
 
-CONFIGS = sorted((pathlib.Path(__file__).resolve().parent.parent / "examples" / "configs").glob("*.json"))
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "examples" / "configs").glob("*.json"))
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+ENV.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the command must quiet TensorFlow itself
+# The console script (setup.cfg: keras-kd = keras_kd_launcher:main), run from this tree.
+KERAS_KD = [sys.executable, "-m", "keras_kd_launcher"]
+
+
+def keras_kd_process(*arguments, **kwargs):
+    """Runs the keras-kd command of this tree in a fresh process."""
+    return subprocess.run([*KERAS_KD, *arguments], capture_output=True, text=True, env=ENV, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +51,51 @@ def distill(models, tmp_path, *extra):
     ])
 
 
-def test_help_lists_every_subcommand_with_defaults():
-    for command, expected in (("demo", "(default: kd_output)"), ("distill", "(default: 4.0)"),
-                              ("export", "(default: none)")):
-        result = subprocess.run(["keras-kd", command, "--help"], capture_output=True, text=True)
-        assert result.returncode == 0 and expected in result.stdout, command
-    result = subprocess.run(["keras-kd", "--help"], capture_output=True, text=True)
-    assert all(c in result.stdout for c in ("demo", "distill", "export"))
+def test_help_lists_every_subcommand_with_defaults(capsys):
+    for command, expected in ((["demo"], "(default: kd_output, or kd_output_quick with --quick)"),
+                              (["distill"], "(default: 4.0)"), (["export"], "(default: none)"),
+                              ([], "--traceback")):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([*command, "--help"])
+        assert exit_.value.code == 0
+        assert expected in " ".join(capsys.readouterr().out.split()), command
 
 
-def test_quick_demo_prints_the_table_and_writes_its_files(tmp_path, capsys):
-    assert cli.main(["demo", "--quick", "--output", str(tmp_path)]) == 0
+def test_console_command_starts_without_tensorflow_noise():
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    assert setup["options.entry_points"]["console_scripts"].split() == ["keras-kd", "=", "keras_kd_launcher:main"]
+    assert "keras_kd_launcher" in setup["options"]["py_modules"]
+    for arguments, expected in ((["--help"], "usage: keras-kd"), (["distill", "--help"], "--resume"),
+                                (["--version"], f"keras-kd {keras_kd.__version__}\n")):
+        result = keras_kd_process(*arguments)
+        assert result.returncode == 0 and expected in result.stdout, arguments
+        assert result.stderr == "", arguments  # no absl/oneDNN/cuInit lines
+
+
+@pytest.mark.parametrize("module", ["keras_kd", "keras_kd.cli"])
+def test_python_dash_m_runs_the_command(module):
+    result = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, env=ENV)
+    assert result.returncode == 0 and result.stdout == f"keras-kd {keras_kd.__version__}\n"
+
+
+def test_setup_declares_what_tensorflow_datasets_imports():
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    assert "importlib_resources" in setup["options"]["install_requires"].split()
+    assert setup["metadata"]["version"] == "attr: keras_kd._version.__version__"
+
+
+def test_quick_demo_prints_the_table_and_writes_its_files(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "kd_output").mkdir()  # a full demo's files are never touched by --quick
+    assert cli.main(["demo", "--quick"]) == 0
+    assert not list((tmp_path / "kd_output").iterdir())
+    tmp_path = tmp_path / "kd_output_quick"
     table = capsys.readouterr().out
+    lines = table.splitlines()
+    note = next(i for i, line in enumerate(lines) if "a smoke test of the pipeline, not results" in line)
+    assert lines[note - 1].startswith("student, distilled, int8 .tflite")  # right under the table
     for row in ("teacher", "student, labels alone", "student, distilled", "student, distilled, int8 .tflite"):
         assert row in table
     for column in ("test accuracy", "parameters", "size on disk", "training time"):
@@ -96,35 +145,252 @@ def test_export_command(models, tmp_path, capsys):
     assert "top-1 agreement" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(
-    "arguments, message",
-    [
-        (["--teacher", "missing.keras"], "Teacher file 'missing.keras' does not exist."),
-        (["--teacher", "{bad}"], "Teacher file '{bad}' is not a Keras model"),
-        (["--feature", "conv9:conv1"], "`teacher_layer_name='conv9'`: 'conv9' is not a layer of teacher"),
-        (["--feature", "conv2"], "--feature 'conv2' is not TEACHER_LAYER:STUDENT_LAYER[:LOSS]"),
-        (["--feature", "conv2:conv1:fancy"], "Unknown feature loss 'fancy'"),
-        (["--data", "cifar99"], "Unknown data spec 'cifar99'. Pass one of: mnist1d, digits"),
-        (["--data", "digits"], "Data 'digits' has inputs of shape (8, 8, 1), but the models take (40, 1)"),
-        (["--data", "{labels}"], "Data '{labels}' has labels up to 11 (12 classes), but the models output 10"),
-        (["--config", "{noproj}"], "but their shapes differ: teacher (None, 20, 32), student (None, 20, 16). "
-                                   "Pass projection='auto'"),
-        (["--config", "{config}", "--temperature", "2"], "--config replaces --temperature"),
-    ],
-)
-def test_bad_input_gets_one_line_and_exit_code_2(models, tmp_path, capsys, arguments, message):
-    bad = tmp_path / "bad.keras"
-    bad.write_text("not a model")
+# Each case: (id, arguments, words the one error line must hold). Distill cases
+# start from a run that would succeed (see DISTILL) and get a fresh --output.
+BAD_INPUTS = [
+    ("temperature-inf", ["--temperature", "inf"],
+     "argument --temperature: expected a finite number > 0, received 'inf'"),
+    ("learning-rate-nan", ["--learning-rate", "nan"],
+     "argument --learning-rate: expected a finite number > 0, received 'nan'"),
+    ("learning-rate-0", ["--learning-rate", "0"], "expected a finite number > 0, received '0'"),
+    ("epochs-0", ["--epochs", "0"], "argument --epochs: expected a whole number >= 1, received '0'"),
+    ("batch-size-0", ["--batch-size", "0"], "argument --batch-size: expected a whole number >= 1"),
+    ("batch-size-fraction", ["--batch-size", "2.5"], "expected a whole number >= 1, received '2.5'"),
+    ("student-weight-1.5", ["--student-loss-weight", "1.5"],
+     "argument --student-loss-weight: expected a number in [0, 1], received '1.5'"),
+    ("student-weight-nan", ["--student-loss-weight", "nan"], "expected a number in [0, 1], received 'nan'"),
+    ("output-is-a-file", ["--output", "{files}/a_file"],
+     "Output folder path '{files}/a_file' is a file, but a folder is written there"),
+    ("output-inside-a-file", ["--output", "{files}/a_file/out"], "which is a file, not a folder"),
+    ("output-has-a-student", ["--output", "{files}/finished"],
+     "Student '{files}/finished/student.keras' already exists and is not replaced silently"),
+    ("output-has-an-interrupted-run", ["--output", "{files}/interrupted"],
+     "holds an interrupted run ('{files}/interrupted/backup'). Pass --resume"),
+    ("resume-without-backup", ["--resume"], "holds no interrupted run (no 'backup' folder)"),
+    ("resume-other-settings", ["--output", "{files}/interrupted", "--resume"],
+     "--resume: the interrupted run had other settings (--learning-rate 0.5 then, 0.001 now). Pass the same"),
+    ("logdir-is-a-file", ["--logdir", "{files}/a_file"], "Log folder path '{files}/a_file' is a file"),
+    ("config-unknown-class", ["--config", "{files}/unknown_class.json"],
+     "distillation_losses[0] names class 'FancyLoss', which is not a keras_kd distillation loss. Use one of: "),
+    ("config-is-a-list", ["--config", "{files}/list.json"], "holds a JSON list, but a JSON object"),
+    ("config-not-json", ["--config", "{files}/a_file"], "Config file '{files}/a_file' is not JSON"),
+    ("config-and-temperature", ["--config", "{files}/list.json", "--temperature", "2"],
+     "--config replaces --temperature; pass one or the other"),
+    ("config-without-projection", ["--config", "{files}/noproj.json"],
+     "but their shapes differ: teacher (None, 20, 32), student (None, 20, 16). Pass projection='auto'"),
+    ("feature-malformed", ["--feature", "conv2"], "--feature 'conv2' is not TEACHER_LAYER:STUDENT_LAYER[:LOSS]"),
+    ("feature-unknown-loss", ["--feature", "conv2:conv1:fancy"], "Unknown feature loss 'fancy'"),
+    ("feature-unknown-layer", ["--feature", "conv9:conv1"], "'conv9' is not a layer of teacher"),
+    ("teacher-missing", ["--teacher", "{files}/missing.keras"], "Teacher file '{files}/missing.keras' does not exist"),
+    ("teacher-not-a-model", ["--teacher", "{files}/a_file"], "Teacher file '{files}/a_file' is not a Keras model"),
+    ("class-count-mismatch", ["--student", "{files}/student5.keras"],
+     "The teacher outputs 10 classes but the student 5"),
+    ("data-unknown-spec", ["--data", "cifar99"], "Unknown data spec 'cifar99'. Pass one of: mnist1d, digits"),
+    ("data-text-file", ["--data", "npz:{files}/a_file"], "is not an .npz archive"),
+    ("data-empty-file", ["--data", "npz:{files}/empty.npz"], "Data file '{files}/empty.npz' is empty (0 bytes)"),
+    ("data-no-x", ["--data", "{files}/no_x.npz"], "has arrays ['inputs'] but no 'x'"),
+    ("data-no-samples", ["--data", "{files}/no_samples.npz"], "has no samples (inputs of shape (0, 40, 1))"),
+    ("data-objects", ["--data", "{files}/objects.npz"], "holds Python objects (dtype=object), which are not loaded"),
+    ("data-nan-inputs", ["--data", "{files}/nan.npz"], "has 3 NaN or infinite input values (in 2 of 64 samples)"),
+    ("labels-negative", ["--data", "{files}/negative.npz"], "has 3 of 64 labels that are negative (e.g. -1)"),
+    ("labels-fractions", ["--data", "{files}/fractions.npz"], "has 2 of 64 labels that are not whole numbers (e.g. 0.5)"),
+    ("labels-too-large", ["--data", "{files}/large.npz"],
+     "has 4 of 64 labels that are 10 or more (e.g. 12), but labels must be class ids 0..9"),
+    ("data-wrong-shape", ["--data", "digits"], "has inputs of shape (8, 8, 1), but the models take (40, 1)"),
+    ("training-diverges", ["--learning-rate", "1e30"],
+     "Training stopped: the loss became NaN or infinite in epoch 1"),
+    ("export-onto-existing-file", ["export", "{student}", "{files}/a_file.tflite"],
+     "Export '{files}/a_file.tflite' already exists and is not replaced silently"),
+    ("export-saved-model-onto-file", ["export", "{student}", "{files}/a_file"],
+     "Export path '{files}/a_file' is a file, but a folder is written there"),
+    ("export-inside-a-file", ["export", "{student}", "{files}/a_file/s.tflite"], "which is a file, not a folder"),
+    ("export-int8-without-data", ["export", "{student}", "{files}/s.tflite", "--quantization", "int8"],
+     "--quantization int8 calibrates activation ranges on sample inputs: pass --representative-data SPEC"),
+    ("export-int8-io-without-int8", ["export", "{student}", "{files}/s.tflite", "--int8-io"],
+     "--int8-io applies to --quantization int8"),
+    ("export-student-missing", ["export", "{files}/missing.keras", "{files}/s.tflite"],
+     "Student file '{files}/missing.keras' does not exist"),
+]
+DISTILL = ["distill", "--teacher", "{teacher}", "--student", "{student}", "--data", "{files}/tiny.npz",
+           "--epochs", "1", "--batch-size", "32"]
+
+# Runs every case through the console entry point in one process (one
+# TensorFlow start-up), with each case's stdout and stderr captured at the
+# file-descriptor level, so a traceback or a C++ log line would show.
+DRIVER = """
+import json, os, sys, tempfile, traceback
+import keras_kd_launcher
+
+def captured(fd):
+    held = tempfile.TemporaryFile()
+    saved = os.dup(fd)
+    os.dup2(held.fileno(), fd)
+    return held, saved
+
+cases, destination = sys.argv[1:]
+results = {}
+for name, arguments in json.load(open(cases)).items():
+    sys.argv = ["keras-kd", *arguments]
+    sys.stdout.flush(); sys.stderr.flush()
+    (out, saved_out), (err, saved_err) = captured(1), captured(2)
+    try:
+        code = keras_kd_launcher.main()
+    except SystemExit as exit_:
+        code = exit_.code
+    except BaseException:
+        traceback.print_exc()
+        code = "escaped"
+    sys.stdout.flush(); sys.stderr.flush()
+    for fd, saved in ((1, saved_out), (2, saved_err)):
+        os.dup2(saved, fd)
+        os.close(saved)
+    texts = []
+    for held in (out, err):
+        held.seek(0)
+        texts.append(held.read().decode(errors="replace"))
+    results[name] = {"code": code, "stdout": texts[0], "stderr": texts[1]}
+with open(destination, "w") as file:
+    json.dump(results, file)
+"""
+
+
+@pytest.fixture(scope="module")
+def bad_input_results(models, tmp_path_factory):
+    """Runs every BAD_INPUTS case; returns `(files folder, {case: result})`."""
+    files = tmp_path_factory.mktemp("bad")
+    make_bad_files(files, models)
+    values = {"files": str(files), "teacher": str(models / "teacher.keras"),
+              "student": str(models / "student.keras")}
+    cases = {}
+    for name, arguments, _ in BAD_INPUTS:
+        if arguments[0] != "export":
+            arguments = [*DISTILL, "--output", str(files / f"out_{name}"), *arguments]
+        cases[name] = [a.format(**values) for a in arguments]
+    # The interrupted run differs from the resuming one in its learning rate only.
+    record = cli.settings(cli.build_parser().parse_args(cases["resume-other-settings"]))
+    (files / "interrupted" / "backup" / "run.json").write_text(json.dumps({**record, "learning_rate": 0.5}))
+    (files / "cases.json").write_text(json.dumps(cases))
+    process = subprocess.run([sys.executable, "-c", DRIVER, str(files / "cases.json"), str(files / "results.json")],
+                             capture_output=True, text=True, env=ENV)
+    assert process.returncode == 0, process.stderr[-3000:]
+    return files, json.loads((files / "results.json").read_text())
+
+
+def make_bad_files(files, models):
+    (x, y), (x_val, y_val) = datasets.mnist1d()
+    x, y = x[:64], y[:64]
+    np.savez(files / "tiny.npz", x=x, y=y, x_val=x_val[:32], y_val=y_val[:32])
+    (files / "a_file").write_text("x,y\n1,2\n")
+    (files / "a_file.tflite").write_bytes(b"a previous export")
+    (files / "empty.npz").write_bytes(b"")
+    np.savez(files / "no_x.npz", inputs=x)
+    np.savez(files / "no_samples.npz", x=x[:0], y=y[:0])
+    np.savez(files / "objects.npz", x=np.array([x[0], "text"], dtype=object))
+    nan = x.copy()
+    nan[3, :2], nan[7, 5] = np.nan, np.inf
+    np.savez(files / "nan.npz", x=nan, y=y)
+    for name, index, value in (("negative", [1, 2, 3], -1), ("fractions", [4, 5], 0.5), ("large", [0, 1, 2, 3], 12)):
+        labels = y.astype("float32" if name == "fractions" else "int64")
+        labels[index] = value
+        np.savez(files / f"{name}.npz", x=x, y=labels)
+    (files / "finished").mkdir()
+    (files / "finished" / "student.keras").write_bytes(b"a previous run's student")
+    (files / "interrupted" / "backup").mkdir(parents=True)
+    (files / "unknown_class.json").write_text(json.dumps({"distillation_losses": [{"class_name": "FancyLoss"}]}))
+    (files / "list.json").write_text(json.dumps([{"class_name": "LogitsDistillation"}]))
+    (files / "noproj.json").write_text(next(c for c in CONFIGS if "hints" in c.stem).read_text().replace(
+        '"projection": "auto"', '"projection": null'))
+    inputs = keras.Input((40, 1))
+    keras.Model(inputs, keras.layers.Dense(5)(keras.layers.Flatten()(inputs))).save(files / "student5.keras")
+
+
+@pytest.mark.parametrize("name, arguments, message", BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_gets_one_line_and_exit_code_2(bad_input_results, name, arguments, message):
+    files, results = bad_input_results
+    result = results[name]
+    lines = result["stderr"].splitlines()
+    assert result["code"] == 2, result["stderr"][-2000:]
+    assert len(lines) == 1 and "Traceback" not in result["stderr"], result["stderr"][-2000:]
+    command = "export" if arguments[0] == "export" else "distill"
+    assert lines[0].startswith(f"keras-kd {command}: error: ")
+    assert message.format(files=files) in lines[0]
+    assert "allow_pickle" not in lines[0]  # never advise unsafe loading
+    if name == "training-diverges":
+        assert "no student was written" in lines[0]
+        assert "Invalid loss, terminating training" in result["stdout"]  # keras.callbacks.TerminateOnNaN
+        assert not (files / f"out_{name}").joinpath("student.keras").exists()
+        assert not (files / f"out_{name}").joinpath("backup").exists()
+    else:
+        assert "Epoch" not in result["stdout"]  # refused before training
+    assert (files / "finished" / "student.keras").read_bytes() == b"a previous run's student"
+    assert (files / "a_file.tflite").read_bytes() == b"a previous export"
+
+
+def test_traceback_flag_shows_the_full_error(models, tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        cli.main(["--traceback", "export", str(models / "student.keras"), str(tmp_path / "s.tflite"),
+                  "--representative-data", "npz:missing.npz"])
+    with pytest.raises(ValueError, match="does not exist"):
+        cli.main(["export", str(models / "student.keras"), str(tmp_path / "s.tflite"),
+                  "--representative-data", "npz:missing.npz", "--traceback"])
+
+
+def test_an_interrupted_distill_resumes_to_the_same_student(models, tmp_path):
     (x, y), _ = datasets.mnist1d()
-    np.savez(tmp_path / "labels.npz", x=x[:64], y=np.full(64, 11))
-    no_projection = tmp_path / "noproj.json"
-    no_projection.write_text(
-        next(c for c in CONFIGS if "hints" in c.stem).read_text().replace('"projection": "auto"', '"projection": null'))
-    substitutions = {"{bad}": str(bad), "{labels}": f"npz:{tmp_path / 'labels.npz'}",
-                     "{noproj}": str(no_projection), "{config}": str(CONFIGS[0])}
-    arguments = [substitutions.get(a, a) for a in arguments]
-    message = message.format(labels=f"npz:{tmp_path / 'labels.npz'}", bad=str(bad))
-    assert distill(models, tmp_path, *arguments) == 2
-    error = capsys.readouterr().err.strip().splitlines()
-    assert error[-1].startswith("keras-kd distill: error: ")
-    assert message in error[-1]
+    np.savez(tmp_path / "d.npz", x=x[:1024], y=y[:1024])
+    arguments = ["distill", "--teacher", str(models / "teacher.keras"), "--student", str(models / "student.keras"),
+                 "--data", f"npz:{tmp_path / 'd.npz'}", "--epochs", "4", "--batch-size", "32", "--seed", "3"]
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen([*KERAS_KD, *arguments, "--output", str(interrupted)], env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = interrupted / "backup" / "training_metadata.json"  # written once an epoch is saved
+    while not checkpoint.exists() and process.poll() is None:
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    finished = json.loads(checkpoint.read_text())["epoch"]
+    assert 1 <= finished < 4 and not (interrupted / "student.keras").exists()
+
+    resumed = keras_kd_process(*arguments, "--output", str(interrupted), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Epoch {finished + 1}/4" in resumed.stdout and "Epoch 1/4" not in resumed.stdout
+    assert sorted(p.name for p in interrupted.iterdir()) == ["student.keras"]  # backup removed
+
+    assert cli.main([*arguments, "--output", str(tmp_path / "uninterrupted")]) == 0
+    whole = keras.models.load_model(tmp_path / "uninterrupted" / "student.keras").get_weights()
+    for after_resume, reference in zip(keras.models.load_model(interrupted / "student.keras").get_weights(), whole):
+        np.testing.assert_array_equal(after_resume, reference)
+
+
+def test_a_failed_save_keeps_the_previous_student_and_the_run(models, tmp_path, monkeypatch, capsys):
+    output = tmp_path / "out"
+    assert distill(models, tmp_path) == 0
+    previous = (output / "student.keras").read_bytes()
+
+    def save_then_fail(self, path, *args, **kwargs):
+        with open(path, "wb") as file:
+            file.write(b"half a model")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "save", save_then_fail)
+    assert distill(models, tmp_path, "--force") == 2
+    assert "No space left on device" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert (output / "student.keras").read_bytes() == previous  # not truncated
+    assert sorted(p.name for p in output.iterdir()) == ["backup", "student.keras"]  # no partial file
+
+    monkeypatch.undo()
+    assert distill(models, tmp_path, "--resume", "--force") == 0  # the trained epochs are not lost
+    assert "Epoch" not in capsys.readouterr().out
+    assert (output / "student.keras").read_bytes() != previous
+    assert sorted(p.name for p in output.iterdir()) == ["student.keras"]
+
+
+def test_export_replaces_an_existing_file_only_with_force(models, tmp_path, capsys):
+    target = tmp_path / "s.keras"
+    target.write_bytes(b"a previous export")
+    assert cli.main(["export", str(models / "student.keras"), str(target)]) == 2
+    assert "already exists and is not replaced silently" in capsys.readouterr().err
+    assert target.read_bytes() == b"a previous export"
+    assert cli.main(["export", str(models / "student.keras"), str(target), "--force"]) == 0
+    assert keras.models.load_model(target).count_params() == demo.student_model().count_params()
+    assert [p.name for p in tmp_path.iterdir()] == ["s.keras"]

@@ -1,6 +1,7 @@
 """Locally generated data sets: sizes, dtypes and fresh samples."""
 
 import numpy as np
+import pytest
 
 from keras_kd import datasets
 
@@ -24,3 +25,35 @@ def test_split_validation_is_a_disjoint_shuffled_partition():
     np.testing.assert_array_equal(np.sort(np.concatenate([x_train, x_val])), x)
     np.testing.assert_array_equal(y_val, -x_val)
     assert not np.array_equal(x_val, x[:10])
+
+
+def test_check_returns_float_inputs_and_flat_int_labels():
+    x, y = datasets.check(np.zeros((4, 3), "float64"), np.array([[0], [2], [1], [2]]), "toy", classes=3)
+    assert x.dtype == np.float32 and y.dtype == np.int32 and y.tolist() == [0, 2, 1, 2]
+    x, y = datasets.check(np.ones((2, 3)), None, "toy")
+    assert y is None and x.shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "x, y, message",
+    [
+        (np.ones((4, 3)), np.zeros((4, 10)), r"labels of shape \(4, 10\), but class ids of shape \(4,\) .* y.argmax\(-1\)"),
+        (np.ones((4, 3)), np.zeros(3), "has 4 inputs but 3 labels"),
+        (np.ones((4, 3)), np.array([0, 1, np.nan, 2]), "has 1 of 4 labels that are not whole numbers"),
+    ],
+)
+def test_check_refuses_labels_that_are_not_one_class_id_per_sample(x, y, message):
+    with pytest.raises(ValueError, match=message):
+        datasets.check(x, y, "toy", classes=3)
+
+
+def test_npz_reads_its_arrays_and_refuses_other_files(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.ones((3, 2), "float64"), y=np.arange(3))
+    (x, y), (x_val, y_val) = datasets.npz(tmp_path / "d.npz")
+    assert x.dtype == np.float32 and y.tolist() == [0, 1, 2] and x_val is None and y_val is None
+    np.save(tmp_path / "a.npy", np.ones(3))
+    with pytest.raises(ValueError, match=r"\(152 bytes\) is not an .npz archive. Save the data with np.savez"):
+        datasets.npz(tmp_path / "a.npy")
+    np.savez(tmp_path / "s.npz", x=np.array(["a", "b"]))
+    with pytest.raises(ValueError, match=r"Array 'x' in .* has dtype <U1, not numbers"):
+        datasets.npz(tmp_path / "s.npz")
