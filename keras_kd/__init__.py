@@ -1,13 +1,12 @@
 """keras_kd: correct, fast knowledge distillation for Keras 3 on TensorFlow."""
 
 from keras_kd import augment, callbacks, connectors, datasets, losses
+from keras_kd._version import __version__
 from keras_kd.cache import cache_teacher_outputs
 from keras_kd.distiller import Distiller
 from keras_kd.export import export_student
 from keras_kd.losses import DistillationLoss, FeatureDistillation, LogitsDistillation
 from keras_kd.taps import FINAL_OUTPUT
-
-__version__ = "0.1.0"
 
 __all__ = [
     "FINAL_OUTPUT",
