@@ -50,7 +50,7 @@ def main(epochs):
     distiller.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
     distiller.fit(x_train, y_train, batch_size=128, epochs=epochs,
                   validation_data=(x_test, y_test), verbose=2)
-    print("connectors:", {term: [type(l).__name__ for l in c.layers]
+    print("connectors:", {term: [type(layer).__name__ for layer in c.layers]
                           for term, c in distiller.connectors.items()})
     distiller.student.save("student.keras")
 

@@ -9,6 +9,7 @@ from keras_kd.losses import DistillationLoss, FeatureDistillation, LogitsDistill
 from keras_kd.taps import FINAL_OUTPUT
 
 __all__ = [
+    "__version__",
     "FINAL_OUTPUT",
     "DistillationLoss",
     "Distiller",

@@ -15,22 +15,14 @@ import sys
 
 import numpy as np
 
-from keras_kd import datasets
+from keras_kd import datasets, losses
 from keras_kd._files import atomic_path, check_destination
 from keras_kd._version import __version__
 
 TEMPERATURE = 4.0
 STUDENT_LOSS_WEIGHT = 0.1
-FEATURE_LOSSES = {
-    "mse": "mse",
-    "hint": "Hint",
-    "cosine": "CosineDistance",
-    "attention": "AttentionTransfer",
-    "similarity": "SimilarityPreserving",
-    "rkd_distance": "RKDDistance",
-    "rkd_angle": "RKDAngle",
-    "pkt": "PKT",
-}
+FEATURE_LOSSES = ("mse",) + tuple(losses.FEATURE_LOSSES)
+"""--feature loss names: Keras's mse (FitNets' hint) and keras_kd's registry."""
 
 
 class UsageError(Exception):
@@ -610,8 +602,8 @@ def read_config(path):
             config = json.load(file)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise UsageError(f"Config file '{path}' is not JSON: {error}.") from error
-    expected = (f"a JSON object with 'distillation_losses' (a list) and optionally "
-                f"'distillation_loss_weights' and 'student_loss_weight', as in examples/configs/")
+    expected = ("a JSON object with 'distillation_losses' (a list) and optionally "
+                "'distillation_loss_weights' and 'student_loss_weight', as in examples/configs/")
     if not isinstance(config, dict):
         raise UsageError(f"Config file '{path}' holds a JSON {type(config).__name__}, but {expected} "
                          f"is expected.")
@@ -667,10 +659,8 @@ def feature_loss(spec):
     if name not in FEATURE_LOSSES:
         raise UsageError(f"Unknown feature loss '{name}' in --feature '{spec}'. Use one of: "
                          f"{', '.join(FEATURE_LOSSES)}.")
-    loss = FEATURE_LOSSES[name]
-    loss = loss if loss == "mse" else getattr(keras_kd.losses, loss)()
     return keras_kd.FeatureDistillation(
-        loss=loss, teacher_layer_name=parts[0], student_layer_name=parts[1], projection="auto")
+        loss=name, teacher_layer_name=parts[0], student_layer_name=parts[1], projection="auto")
 
 
 def check_models(teacher, student, losses):

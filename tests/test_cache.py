@@ -146,8 +146,8 @@ def test_a_truncated_shard_is_detected_and_recomputed(tmp_path, cut):
     with open(shard, "r+b") as file:
         file.truncate(size // 2 if cut == "half" else size - 100)
     reloaded_in_full(distiller, counter, path, match=(
-        rf"The teacher-output cache in '.*c' is not used: its file 'keras_kd_teacher-00000.tfrecord' changed since "
-        rf"it was written \(truncated or corrupted\). Recomputing it."))
+        r"The teacher-output cache in '.*c' is not used: its file 'keras_kd_teacher-00000.tfrecord' changed since "
+        r"it was written \(truncated or corrupted\). Recomputing it."))
 
 
 def test_a_garbage_or_missing_shard_is_detected_and_recomputed(tmp_path, monkeypatch):

@@ -57,8 +57,8 @@ def test_terms_are_logged_by_name_and_connectors_map_widths_and_lengths():
     distiller = feature_distiller(conv_model(16, 1, "teacher"), conv_model(4, 2, "student"))
     assert set(distiller.connectors) == {"feature_distillation", "feature_distillation_1"}
     # stage1: 4 -> 16 channels (1x1 conv); stage2: length 8 -> 16, AT needs no channel map.
-    assert [type(l).__name__ for l in distiller.connectors["feature_distillation"].layers] == ["Conv1D"]
-    assert [type(l).__name__ for l in distiller.connectors["feature_distillation_1"].layers] == ["_Interpolate"]
+    assert [type(layer).__name__ for layer in distiller.connectors["feature_distillation"].layers] == ["Conv1D"]
+    assert [type(layer).__name__ for layer in distiller.connectors["feature_distillation_1"].layers] == ["_Interpolate"]
     x, y = data()
     logs = distiller.fit(x, y, batch_size=16, epochs=1, verbose=0).history
     assert {"logits_distillation", "feature_distillation", "feature_distillation_1"} <= set(logs)

@@ -153,7 +153,7 @@ def deserialize_loss(config):
     return keras.saving.deserialize_keras_object(config)
 
 
-def keras_loss_function(loss, also_accepted, example):
+def keras_loss_function(loss, also_accepted, example, names=()):
     """A Keras loss name, instance or function, made ready to apply.
 
     Args:
@@ -161,6 +161,8 @@ def keras_loss_function(loss, also_accepted, example):
         also_accepted: the other kinds of loss the caller takes, for the
             message.
         example: a valid `loss=` to suggest.
+        names: keras_kd's own loss names the caller accepts, for the
+            message when `loss` is an unknown name.
 
     Returns:
         `(per_sample, core)`: `per_sample(y_true, y_pred)` is unreduced and,
@@ -170,7 +172,17 @@ def keras_loss_function(loss, also_accepted, example):
     Raises:
         ValueError: if `loss` is none of these.
     """
-    fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+    if isinstance(loss, str):
+        try:
+            fn = keras.losses.get(loss)
+        except ValueError:
+            raise ValueError(
+                f"Unknown loss name {loss!r}. keras_kd's names here: "
+                f"{sorted(names)}; any keras.losses name works too (e.g. "
+                f"'mse', 'kl_divergence', 'huber'). Pass e.g. {example}."
+            ) from None
+    else:
+        fn = loss
     if fn is None or not callable(fn):
         raise ValueError(
             f"`loss` must be a loss name, a keras Loss, {also_accepted} or a "

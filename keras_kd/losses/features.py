@@ -337,11 +337,24 @@ class PKT(FeatureLoss):
         return {"epsilon": self.epsilon}
 
 
+FEATURE_LOSSES = {
+    "hint": Hint,
+    "cosine": CosineDistance,
+    "attention": AttentionTransfer,
+    "similarity": SimilarityPreserving,
+    "rkd_distance": RKDDistance,
+    "rkd_angle": RKDAngle,
+    "pkt": PKT,
+}
+"""keras_kd's feature-loss names, for `loss=` in Python and the CLI."""
+
+
 def _keras_feature_loss(loss):
     """`mean(loss(t, s))` for a Keras loss name, instance or function."""
     per_sample, _ = keras_loss_function(
         loss, "a keras_kd feature loss",
         "loss='mse' or loss=keras_kd.losses.AttentionTransfer()",
+        names=FEATURE_LOSSES,
     )
 
     def mean_loss(teacher_features, student_features):
@@ -358,6 +371,8 @@ def _keras_feature_loss(loss):
 def _resolve(loss):
     if loss is None or isinstance(loss, FeatureLoss):
         return loss
+    if isinstance(loss, str) and loss in FEATURE_LOSSES:
+        return FEATURE_LOSSES[loss]()
     return _keras_feature_loss(loss)
 
 

@@ -78,12 +78,13 @@ def logits_mse(teacher_logits, student_logits, temperature=None):
     )
 
 
-_NAMED = {
+LOGIT_LOSSES = {
     "reverse_kl": reverse_kl,
     "jensen_shannon": jensen_shannon,
     "js": jensen_shannon,
     "logits_mse": logits_mse,
 }
+"""keras_kd's logit-loss names, for `LogitsDistillation(loss=...)`."""
 
 
 def _resolve(loss):
@@ -98,10 +99,10 @@ def _resolve(loss):
             f"distillation loss: distillation_losses=[{type(loss).__name__}"
             f"(temperature=...)]."
         )
-    if isinstance(loss, str) and loss in _NAMED:
-        return _ignoring_labels(_NAMED[loss])
+    if isinstance(loss, str) and loss in LOGIT_LOSSES:
+        return _ignoring_labels(LOGIT_LOSSES[loss])
     per_sample, core = keras_loss_function(
-        loss, "a keras_kd logit loss", "loss='kl_divergence'"
+        loss, "a keras_kd logit loss", "loss='kl_divergence'", names=LOGIT_LOSSES
     )
     if core is keras.losses.kl_divergence:
         return _ignoring_labels(kl_divergence)

@@ -151,3 +151,28 @@ def test_feature_distillation_with_a_layer_projection_round_trips():
 def test_bad_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         keras_kd.FeatureDistillation(**kwargs)
+
+
+def test_the_registry_resolves_names_for_python_and_the_cli():
+    assert isinstance(keras_kd.losses.get("attention"), losses.AttentionTransfer)
+    assert isinstance(keras_kd.losses.get("reverse_kl"), losses.ReverseKL)
+    assert keras_kd.losses.get("mse") is keras.losses.get("mse")
+    named = keras_kd.FeatureDistillation(loss="attention", teacher_layer_name="a", student_layer_name="b")
+    assert isinstance(named._loss_fns, losses.AttentionTransfer)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [(lambda: keras_kd.losses.get("atention"),
+      r"Unknown loss name 'atention'. keras_kd's names: feature losses \['attention', .*\], logit "
+      r"losses \[.*'reverse_kl'\]; any keras.losses name works too"),
+     (lambda: keras_kd.LogitsDistillation(loss="reverse_kld"),
+      r"Unknown loss name 'reverse_kld'. keras_kd's names here: \['jensen_shannon', 'js', "
+      r"'logits_mse', 'reverse_kl'\]; any keras.losses name works too"),
+     (lambda: keras_kd.FeatureDistillation(loss="atention"),
+      r"Unknown loss name 'atention'. keras_kd's names here: \['attention', 'cosine', 'hint', "
+      r"'pkt', 'rkd_angle', 'rkd_distance', 'similarity'\]; any keras.losses name works too")],
+)
+def test_a_misspelled_loss_name_lists_what_exists(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
