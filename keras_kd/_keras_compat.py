@@ -82,3 +82,19 @@ def in_multi_worker_mode(strategy):
 def symbolic_build(model, data_batch):
     """Keras 3.15's `Model._maybe_symbolic_build` for one data batch."""
     return keras.Model._maybe_symbolic_build(model, data_batch=data_batch)
+
+
+def litert_operations(interpreter):
+    """`[(operation name, input dtypes, output dtypes)]` of a LiteRT file.
+
+    ai-edge-litert 2.3 (with TensorFlow 2.21) lists a file's operations only
+    through `Interpreter._get_ops_details()`; its public API describes the
+    signature's inputs and outputs alone.
+    """
+    tensors = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+    return [
+        (op["op_name"],
+         [tensors[i] for i in op["inputs"] if i >= 0],
+         [tensors[i] for i in op["outputs"]])
+        for op in interpreter._get_ops_details()
+    ]
