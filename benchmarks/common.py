@@ -39,20 +39,25 @@ def batches(count, batch_size=128, length=40, classes=10, seed=0):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).cache()
 
 
-def interleaved(candidates, repeats=7):
+def interleaved(candidates, repeats=7, alternate=False):
     """Runs each candidate once per round, round after round.
 
     Args:
-        candidates: `{name: zero-argument function returning seconds}`.
+        candidates: `{name: zero-argument function returning seconds}` (or
+            any measurement).
         repeats: rounds.
+        alternate: run the candidates in reverse order every other round, so
+            that none always runs first (e.g. on a machine still busy with
+            the previous candidate's exit).
 
     Returns:
         `{name: [seconds per round]}`.
     """
     times = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, run in candidates.items():
-            times[name].append(run())
+    order = list(candidates)
+    for index in range(repeats):
+        for name in (order[::-1] if alternate and index % 2 else order):
+            times[name].append(candidates[name]())
     return times
 
 
