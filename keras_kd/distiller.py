@@ -433,6 +433,13 @@ class Distiller(keras.Model):
         if cached is None:
             return self.teacher_view(x, training=False)
         needed = set(_layer_paths(self._terms, "teacher_path"))
+        reads_output = [t.name for t in self._terms if t.teacher_path is None and not t.expects_logits]
+        if cached.output is None and reads_output:
+            raise ValueError(
+                f"The cached teacher outputs are a top-K summary of its "
+                f"logits, without its final output, but {reads_output} read "
+                f"the final output. Cache without top_k for these losses."
+            )
         if not needed <= set(cached.taps):
             raise ValueError(
                 f"The cached teacher outputs hold the layers "
@@ -519,8 +526,11 @@ class Distiller(keras.Model):
     def _teacher_agreement(self, teacher_outputs, student_outputs, mask):
         """Fraction of samples (real tokens) whose top-1 class is the
         teacher's (first output of models with several)."""
-        teacher = keras.tree.flatten(_cut(teacher_outputs.logits, self._logits_size))
         student = keras.tree.flatten(_cut(student_outputs.logits, self._logits_size))[0]
+        if isinstance(teacher_outputs.logits, lm.TopK):  # a top-K cache: ids[..., 0] is top-1
+            same = teacher_outputs.logits.ids[..., 0] == tf.argmax(student, axis=-1, output_type="int32")
+            return masked_mean(ops.cast(same, "float32"), mask)
+        teacher = keras.tree.flatten(_cut(teacher_outputs.logits, self._logits_size))
         teacher = (
             mixture_logits(teacher, self.teacher_weights, 1.0)
             if len(self.teachers) > 1
@@ -707,6 +717,12 @@ def _cut(logits, size):
     """Logits cut to the first `size` classes (vocabulary_alignment)."""
     if size is None:
         return logits
+    if isinstance(logits, lm.TopK):
+        raise ValueError(
+            "vocabulary_alignment='truncate' cannot cut a top-K teacher cache "
+            "(its token ids may lie beyond the cut). Cache full logits."
+        )
+
     def cut(value):
         if isinstance(value, tf.TensorSpec):
             return tf.TensorSpec(value.shape[:-1] + [size], value.dtype)

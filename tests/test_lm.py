@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import keras_kd
-from keras_kd import losses
+from keras_kd import cache, losses
 from keras_kd.losses import logits as logit_losses
 from tests.helpers import numpy_kl, numpy_log_softmax
 
@@ -236,3 +236,82 @@ def test_a_loss_without_a_mask_argument_is_refused_on_token_batches():
     with pytest.raises(ValueError, match=r"has no `mask` or `\*\*kwargs` argument in compute_loss\(\), "
                                          r"so padding would be averaged in"):
         distiller.test_on_batch(x, y, weight)
+
+
+# ------------------------------------------------------ top-K teacher cache
+
+from keras_kd import lm  # noqa: E402
+
+
+def test_top_k_kl_at_k_equal_to_the_vocabulary_is_the_full_kl():
+    rng = np.random.default_rng(3)
+    t, s = rng.normal(size=(2, 5, 40)) * 3, rng.normal(size=(2, 5, 40)) * 3
+    top = lm.top_k_targets(keras.ops.array(t, "float32"), 40, dtype="float32")
+    got = np.asarray(lm.top_k_kl(top, keras.ops.array(s, "float32")))
+    log_p, log_q = numpy_log_softmax(t), numpy_log_softmax(s)
+    np.testing.assert_allclose(got, (np.exp(log_p) * (log_p - log_q)).sum(-1), rtol=1e-5, atol=1e-7)
+
+
+def numpy_top_k_gap(t, s, k):
+    """Full KL minus the K-plus-tail-bucket KL, per position, and the identity
+    that documents it: p_tail * KL(p( . | tail) || q( . | tail))."""
+    log_p, log_q = numpy_log_softmax(t), numpy_log_softmax(s)
+    p, q = np.exp(log_p), np.exp(log_q)
+    top = np.argsort(-p, axis=-1)[..., :k]
+    in_top = np.zeros_like(p, bool)
+    np.put_along_axis(in_top, top, True, axis=-1)
+    p_tail, q_tail = (p * ~in_top).sum(-1), (q * ~in_top).sum(-1)
+    full = (p * (log_p - log_q)).sum(-1)
+    bucketed = (p * in_top * (log_p - log_q)).sum(-1) + p_tail * (np.log(p_tail) - np.log(q_tail))
+    conditional = (p * ~in_top / p_tail[..., None]
+                   * (log_p - np.log(p_tail[..., None]) - log_q + np.log(q_tail[..., None]))).sum(-1)
+    return full, bucketed, p_tail * conditional
+
+
+def test_top_64_of_a_32k_vocabulary_is_within_the_documented_bound():
+    vocabulary = 32_000
+    teacher = causal_lm(16, 1, "teacher", vocabulary=vocabulary, seed=1)
+    student = causal_lm(16, 1, "student", vocabulary=vocabulary, seed=2)
+    x, _, weight = token_batch([8, 5])
+    t, s = np.asarray(teacher(x), np.float64), np.asarray(student(x), np.float64)
+    full, bucketed, gap = numpy_top_k_gap(t, s, 64)
+    exact = lm.top_k_targets(keras.ops.array(t, "float32"), 64, dtype="float32")
+    # float32 log-softmax over 32k classes: absolute error ~5e-8 on values ~2e-5.
+    np.testing.assert_allclose(lm.top_k_kl(exact, keras.ops.array(s, "float32")), bucketed, rtol=1e-3, atol=1e-7)
+    assert np.all(full - bucketed >= -1e-9)  # a lower bound of the full KL
+    np.testing.assert_allclose(full - bucketed, gap, rtol=1e-6, atol=1e-12)  # the gap, exactly
+    # float16 storage, as cached by default: within its documented rounding bound.
+    half = np.asarray(lm.top_k_kl(lm.top_k_targets(keras.ops.array(t, "float32"), 64),
+                                  keras.ops.array(s, "float32")))
+    log_p = numpy_log_softmax(t)
+    top_entropy = np.sort(-np.exp(log_p) * log_p, axis=-1)[..., -64:].sum(-1)
+    assert np.all(np.abs(half - bucketed) <= 2.0**-11 * top_entropy * 2)
+
+
+def test_distilling_from_a_top_k_cache_equals_full_kd_at_k_equal_to_the_vocabulary():
+    distiller = distiller_for(keras_kd.LogitsDistillation(1.0))
+    x, y, weight = token_batch([8, 6, 3, 2, 7, 5, 4, 1])
+    dataset = tf.data.Dataset.from_tensor_slices((x, y, weight)).batch(4)
+    full = distiller.evaluate(dataset, verbose=0, return_dict=True)
+    cached = keras_kd.cache_teacher_outputs(distiller, dataset, top_k=VOCABULARY,
+                                            top_k_dtype="float32", shuffle=False)
+    from_cache = distiller.evaluate(cached, verbose=0, return_dict=True)
+    for name in ("distillation_loss", "teacher_agreement"):
+        assert from_cache[name] == pytest.approx(full[name], rel=1e-5), name
+    small = keras_kd.cache_teacher_outputs(distiller, dataset, top_k=16, shuffle=False)
+    stored = cache.split(next(iter(small))[0])[1].logits
+    per_token = sum(np.dtype(v.dtype.as_numpy_dtype).itemsize * (v.shape[-1] if v.shape.rank == 3 else 1)
+                    for v in stored)
+    assert per_token == 6 * 16 + 2  # <= 6K + 8 bytes per token, against 4 V for float32 logits
+    assert np.isfinite(distiller.fit(small, epochs=1, verbose=0).history["loss"][0])
+
+
+def test_a_top_k_cache_refuses_other_losses_and_temperatures():
+    x, y, weight = token_batch([8, 6, 3, 2])
+    dataset = tf.data.Dataset.from_tensor_slices((x, y, weight)).batch(4)
+    for loss, message in ((losses.ReverseKL(), r"supports the forward KL .* only"),
+                          (keras_kd.LogitsDistillation(2.0), r"temperature 1")):
+        distiller = distiller_for(loss)
+        cached = keras_kd.cache_teacher_outputs(distiller, dataset, top_k=8)
+        with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match=message):
+            distiller.evaluate(cached, verbose=0)

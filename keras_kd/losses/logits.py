@@ -2,8 +2,10 @@
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
+from keras_kd import lm
 from keras_kd._validation import as_float, check_number
 from keras_kd.losses.base import (
     DistillationLoss,
@@ -124,6 +126,7 @@ def _on_distributions(divergence):
         log_q = log_softmax_at(student_logits, temperature)
         return divergence(log_p, log_q) * ops.square(ops.cast(temperature, "float32"))
 
+    per_position.divergence = divergence
     return per_position
 
 
@@ -246,6 +249,10 @@ class LogitsDistillation(DistillationLoss):
         if name:
             self.name = name
 
+    def validate_outputs(self, teacher_outputs, student_outputs):
+        if not isinstance(teacher_outputs, lm.TopK):  # a top-K cache: any vocabulary
+            super().validate_outputs(teacher_outputs, student_outputs)
+
     def validate_model_compatibility(self, teacher, student):
         teacher_shapes = _output_shapes(teacher)
         student_shapes = _output_shapes(student)
@@ -288,12 +295,32 @@ class LogitsDistillation(DistillationLoss):
         Returns:
             A scalar float32 tensor.
         """
+        if isinstance(teacher_outputs, lm.TopK):
+            return masked_mean(self._top_k_kl(teacher_outputs, student_outputs), mask)
         # DKD and DIST define divergence() themselves; the rest resolve `loss`.
         losses = self.divergence if self._loss_fns is None else self._loss_fns
         return sum_over_outputs(
             lambda fn, t, s: masked_mean(fn(t, s, self.temperature, labels), mask),
             losses, teacher_outputs, student_outputs,
         )
+
+    def _top_k_kl(self, top, student_logits):
+        """The forward KL from a top-K teacher cache (see `lm.top_k_kl`)."""
+        if getattr(self._loss_fns, "divergence", None) is not kl_divergence:
+            raise ValueError(
+                f"{self.name}: the teacher outputs come from a top-K cache, "
+                f"which supports the forward KL (LogitsDistillation with "
+                f"loss='kl_divergence') only, but this loss is "
+                f"{type(self).__name__}(loss={self.loss!r}). Cache full "
+                f"logits (top_k=None) for other losses."
+            )
+        one = tf.debugging.assert_equal(
+            ops.cast(self.temperature, "float32"), 1.0,
+            message="A top-K teacher cache holds log-probabilities at temperature 1; "
+            "set the LogitsDistillation temperature to 1.0 or cache full logits.",
+        )
+        with tf.control_dependencies([one]):
+            return lm.top_k_kl(top, student_logits)
 
     def divergence(self, teacher_logits, student_logits, temperature, labels=None):
         """The per-position loss between one teacher and student output."""
