@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_kd import _keras_compat
+from keras_kd import _keras_compat, lm
 from keras_kd._files import atomic_path, check_destination
 
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
@@ -154,9 +154,11 @@ def parity_report(path, student, sample_inputs=None, evaluation_data=None):
     every position, padding included (the file must reproduce the model
     everywhere); top-1 agreement and accuracies are weighted means over
     samples, or for token outputs `(batch, sequence, vocabulary)` over
-    tokens. The weights are, first found: the `sample_weight` of
-    `(x, y, sample_weight)` data; for token outputs, the `padding_mask`
-    input (so only real tokens count, padding never does); else 1.
+    tokens. For token outputs the weights are the mask of real tokens the
+    Distiller uses (`keras_kd.lm.token_mask`): the `sample_weight` of
+    `(x, y, sample_weight)` data when it has one weight per token, else the
+    `padding_mask` input, so padding never counts. For other outputs they
+    are the `sample_weight`, else 1.
 
     Args:
         path: a file or folder written by `export_student`.
@@ -513,18 +515,18 @@ def _stack(samples):
 def _weights(x, sample_weight, output):
     """Per-sample (or per-token) weights of the comparison; see `parity_report`."""
     shape = output.shape[:-1]
-    if sample_weight is not None:
-        weights = np.asarray(sample_weight, "float32")
-        if weights.size != np.prod(shape):
-            raise ValueError(
-                f"sample_weight of shape {weights.shape} does not fit outputs of shape "
-                f"{output.shape}: expected one weight per {'token' if len(shape) > 1 else 'sample'}, "
-                f"shape {shape}."
-            )
-        return weights.reshape(shape)
-    if len(shape) == 2 and isinstance(x, dict) and "padding_mask" in x:
-        return (x["padding_mask"] != 0).astype("float32").reshape(shape)
-    return np.ones(shape, "float32")
+    mask = lm.token_mask(x, sample_weight, output)  # the Distiller's rule for real tokens
+    weights = mask if mask is not None else sample_weight
+    if weights is None:
+        return np.ones(shape, "float32")
+    weights = np.asarray(weights, "float32")
+    if weights.size != np.prod(shape):
+        raise ValueError(
+            f"sample_weight of shape {weights.shape} does not fit outputs of shape "
+            f"{output.shape}: expected one weight per {'token' if len(shape) > 1 else 'sample'}, "
+            f"shape {shape}."
+        )
+    return weights.reshape(shape)
 
 
 def _compare(predict, student, data):
