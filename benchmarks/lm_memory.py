@@ -33,8 +33,10 @@ TensorFlow's default settings (oneDNN on):
   benchmark's batch (the body that `make_train_function` compiles, less the
   default strategy's `run` wrapper); every operation output in that graph
   with B*S*V elements is counted (any shape, e.g. (B*S, V) too, and any
-  dtype), by operation type. Views (`Reshape`, `Identity`, `ExpandDims`,
-  `Squeeze`) share their input's buffer and are counted apart.
+  dtype), by operation type, including the operations of the functions the
+  graph calls (`tf.cond` branches: only one of the two runs in a step).
+  Views (`Reshape`, `Identity`, `ExpandDims`, `Squeeze`) share their
+  input's buffer and are counted apart.
 
 The driver runs the kinds in interleaved rounds (the order reversed every
 other round), each measurement in its own process, and gives medians of the
@@ -149,23 +151,32 @@ class StepMeter(keras.callbacks.Callback):
 def full_size_tensors(model, data):
     """`{operation type: count}` of the train step's outputs with B*S*V elements.
 
-    Raises:
-        RuntimeError: if the graph calls nested functions (their operations
-            would not be seen).
+    Operations inside functions the graph calls (the branches of a
+    `tf.cond`, loop bodies) are counted too, keyed `"<attribute>:<type>"`,
+    e.g. `"then_branch:SparseSoftmaxCrossEntropyWithLogits"`: only one
+    branch of each conditional runs in a step. A branch's inputs
+    (`Placeholder`) are the caller's tensors and are not counted again.
     """
     spec = keras.tree.map_structure(  # the batch's static shapes, not the dataset's (None, ...)
         lambda t: tf.TensorSpec(t.shape, t.dtype), next(iter(data)))
     graph = tf.function(model.train_step).get_concrete_function(spec).graph
-    size = BATCH * SEQUENCE * VOCABULARY
     counts = collections.Counter()
-    for operation in graph.get_operations():
-        if operation.type in ("PartitionedCall", "StatefulPartitionedCall"):
-            raise RuntimeError(f"The train step calls a nested function ({operation.name}); "
-                               f"its operations would not be counted.")
-        for output in operation.outputs:
-            if output.shape.is_fully_defined() and output.shape.num_elements() == size:
-                counts[operation.type] += 1
+    _count_full_size(graph, graph, "", counts)
     return dict(counts.most_common())
+
+
+def _count_full_size(graph, outer, prefix, counts):
+    size = BATCH * SEQUENCE * VOCABULARY
+    for operation in graph.get_operations():
+        if operation.type != "Placeholder":
+            for output in operation.outputs:
+                if output.shape.is_fully_defined() and output.shape.num_elements() == size:
+                    counts[prefix + operation.type] += 1
+        for name, value in operation.node_def.attr.items():
+            if value.WhichOneof("value") == "func":
+                # TF 2.21 keeps called functions on the outermost graph (private `_get_function`).
+                function = outer._get_function(value.func.name)
+                _count_full_size(function.graph, outer, f"{name}:", counts)
 
 
 def measure(kind, steps, count_tensors):
@@ -229,13 +240,14 @@ def table(results):
     rows = []
     for kind in results:
         counts = next(r["full_size_tensors"] for r in results[kind] if "full_size_tensors" in r)
-        views = sum(n for op, n in counts.items() if op in VIEWS)
+        views = sum(n for op, n in counts.items() if op.split(":")[-1] in VIEWS)
+        branched = sum(n for op, n in counts.items() if ":" in op)
         rows.append([
             kind,
             f"{median(kind, 'step_ms'):.0f}", ratios(kind, "step_ms"),
             f"{median(kind, 'rss_growth_mib'):.0f}", ratios(kind, "rss_growth_mib"),
             f"{median(kind, 'tf_step_peak_mib'):.0f}", ratios(kind, "tf_step_peak_mib"),
-            f"{sum(counts.values())} ({views} views)",
+            f"{sum(counts.values())} ({views} views, {branched} in branches)",
         ])
     return common.markdown_table(
         ["kind", "step ms", "time / student fit / keras.distillation",
