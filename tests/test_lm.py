@@ -397,3 +397,26 @@ def test_on_policy_rows_hold_the_students_own_greedy_continuations():
     distiller = keras_kd.Distiller(teacher, student, keras_kd.losses.GeneralizedJSD(0.5), student_loss_weight=0.0)
     distiller.compile(optimizer="sgd")
     assert np.isfinite(distiller.fit(batches, epochs=1, verbose=0).history["loss"][0])
+
+
+def test_a_cache_build_streams_its_peak_memory_does_not_grow_with_the_data(tmp_path):
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+
+    def build(count):
+        folder = tmp_path / str(count)
+        folder.mkdir()
+        result = subprocess.run([sys.executable, "-m", "tests.cache_memory_job", str(count), str(folder)],
+                                cwd=root, capture_output=True, text=True, timeout=600,
+                                env={**__import__("os").environ, "PYTHONPATH": str(root)})
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    small, large = build(1000), build(4000)
+    assert large["cache_bytes"] > 3.5 * small["cache_bytes"] > 3.5 * 16e6  # 16 MB vs 64 MB of logits
+    # Built in memory, the larger cache would add about 48 MB of peak RSS over the smaller one.
+    assert large["growth"] - small["growth"] < 0.25 * (large["cache_bytes"] - small["cache_bytes"])
