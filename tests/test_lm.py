@@ -315,3 +315,108 @@ def test_a_top_k_cache_refuses_other_losses_and_temperatures():
         cached = keras_kd.cache_teacher_outputs(distiller, dataset, top_k=8)
         with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match=message):
             distiller.evaluate(cached, verbose=0)
+
+
+# ----------------------------------------- sequence-level and on-policy (GKD)
+
+
+class GenerateCounter:
+    """Counts calls of a model's generate function."""
+
+    def __init__(self, model):
+        self.calls, function = 0, model.make_generate_function()
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return function(*args, **kwargs)
+
+        model.generate_function = counted
+
+
+def generating_pair():
+    preprocessor = byte_preprocessor(sequence_length=16)
+    teacher = causal_lm(32, 1, "teacher", vocabulary=258, seed=1)
+    student = causal_lm(16, 1, "student", vocabulary=258, preprocessor=preprocessor, seed=2)
+    for model in (teacher, student):
+        model.compile(sampler="greedy")
+    return teacher, student, preprocessor
+
+
+def test_sequence_level_kd_trains_on_the_teachers_greedy_continuations():
+    teacher, student, preprocessor = generating_pair()
+    prompts = ["def f", "class A", "x = 1"]
+    batches = lm.sequence_level_batches(teacher, prompts, preprocessor, batch_size=2, stop_token_ids=None)
+    x, y, weight = next(iter(batches.unbatch().batch(3)))
+    inputs = preprocessor.generate_preprocess(prompts, sequence_length=16)
+    expected = np.asarray(teacher.make_generate_function()(inputs, stop_token_ids=None)["token_ids"])
+    np.testing.assert_array_equal(x["token_ids"], expected[:, :-1])  # the teacher's own tokens
+    np.testing.assert_array_equal(y, expected[:, 1:])
+    prompt_lengths = np.asarray(inputs["padding_mask"]).sum(-1)
+    np.testing.assert_array_equal(weight.numpy().sum(-1), 16 - prompt_lengths)  # continuation only
+    distiller = keras_kd.Distiller(teacher, student, student_loss_weight=1.0)
+    distiller.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert distiller.fit(batches, epochs=1, verbose=0).history["student_loss"][0] > 0
+
+
+def test_on_policy_fraction_zero_is_token_level_kd_on_the_given_continuations():
+    teacher, student, preprocessor = generating_pair()
+    prompts, answers = ["def f", "class A", "x = 1", "if a"], [" return 1", ": pass", "0", " is b"]
+    batches = lm.OnPolicyBatches(student, prompts, answers, preprocessor, fraction=0.0, batch_size=4)
+    counter = GenerateCounter(student)
+    x, y, weight = batches[0]
+    assert counter.calls == 0
+    full = preprocessor.generate_preprocess([p + a for p, a in zip(prompts, answers)], sequence_length=16)
+    np.testing.assert_array_equal(x["token_ids"], np.asarray(full["token_ids"])[:, :-1])
+    np.testing.assert_array_equal(y, np.asarray(full["token_ids"])[:, 1:])
+    prompt_lengths = np.asarray(preprocessor.generate_preprocess(prompts, 16)["padding_mask"]).sum(-1)
+    answer_lengths = np.asarray(full["padding_mask"]).sum(-1) - prompt_lengths
+    np.testing.assert_array_equal(weight.sum(-1), answer_lengths)  # continuation tokens only
+    distiller = keras_kd.Distiller(teacher, student, keras_kd.LogitsDistillation(1.0), student_loss_weight=0.0)
+    distiller.compile(optimizer="sgd")
+    assert distiller.test_on_batch(x, y, weight, return_dict=True)["distillation_loss"] == pytest.approx(
+        numpy_kl(teacher(x), student(x), 1.0, mask=weight), rel=1e-4)
+
+
+def test_on_policy_rows_hold_the_students_own_greedy_continuations():
+    teacher, student, preprocessor = generating_pair()
+    prompts, answers = ["def f", "class A", "x = 1", "if a"], [" return 1", ": pass", "0", " is b"]
+    batches = lm.OnPolicyBatches(student, prompts, answers, preprocessor, fraction=0.5, batch_size=4,
+                                 stop_token_ids=None)
+    rows = batches.on_policy_rows(0, 4)
+    assert len(rows) == 2
+    counter = GenerateCounter(student)
+    x, y, weight = batches[0]
+    assert counter.calls == 1
+    mine = student.make_generate_function()(
+        preprocessor.generate_preprocess([prompts[i] for i in rows], sequence_length=16),
+        stop_token_ids=None)["token_ids"]
+    np.testing.assert_array_equal(x["token_ids"][rows], np.asarray(mine)[:, :-1])
+    others = [i for i in range(4) if i not in rows]
+    given = preprocessor.generate_preprocess([prompts[i] + answers[i] for i in others], 16)["token_ids"]
+    np.testing.assert_array_equal(x["token_ids"][others], np.asarray(given)[:, :-1])
+    distiller = keras_kd.Distiller(teacher, student, keras_kd.losses.GeneralizedJSD(0.5), student_loss_weight=0.0)
+    distiller.compile(optimizer="sgd")
+    assert np.isfinite(distiller.fit(batches, epochs=1, verbose=0).history["loss"][0])
+
+
+def test_a_cache_build_streams_its_peak_memory_does_not_grow_with_the_data(tmp_path):
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+
+    def build(count):
+        folder = tmp_path / str(count)
+        folder.mkdir()
+        result = subprocess.run([sys.executable, "-m", "tests.cache_memory_job", str(count), str(folder)],
+                                cwd=root, capture_output=True, text=True, timeout=600,
+                                env={**__import__("os").environ, "PYTHONPATH": str(root)})
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    small, large = build(1000), build(4000)
+    assert large["cache_bytes"] > 3.5 * small["cache_bytes"] > 3.5 * 16e6  # 16 MB vs 64 MB of logits
+    # Built in memory, the larger cache would add about 48 MB of peak RSS over the smaller one.
+    assert large["growth"] - small["growth"] < 0.25 * (large["cache_bytes"] - small["cache_bytes"])
