@@ -256,6 +256,26 @@ def table(results):
          "(B,S,V)-sized tensors"], rows)
 
 
+TARGETS = (("student_fit", 1.8), ("keras_distillation", 0.6))  # issue 14: peak RSS growth ratios
+
+
+def targets(results):
+    """One line per keras_kd kind: its RSS-growth ratios against issue 14's targets."""
+    lines = []
+    for kind in ("keras_kd", "keras_kd_teacher_only"):
+        if kind not in results:
+            continue
+        checks = []
+        for other, limit in TARGETS:
+            if other in results:
+                value = common.median_ratio([r["rss_growth_mib"] for r in results[kind]],
+                                            [r["rss_growth_mib"] for r in results[other]])
+                checks.append(f"{value:.2f}x {other} (target <= {limit}x: "
+                              f"{'met' if value <= limit else 'missed'})")
+        lines.append(f"- `{kind}` peak RSS growth: " + "; ".join(checks))
+    return "\n".join(lines)
+
+
 def tensor_breakdown(results):
     """One line per kind: its (B,S,V)-sized tensors by operation type."""
     lines = []
@@ -289,7 +309,9 @@ def main():
         f"Reproduce: `python -m benchmarks.lm_memory --rounds {args.rounds} --steps {args.steps}"
         f"{' --kinds ' + ' '.join(args.kinds) if args.kinds != list(KINDS) else ''}`.",
         table(results),
-        "(B,S,V)-sized tensors in the traced train step, by operation type:",
+        targets(results),
+        "(B,S,V)-sized tensors in the traced train step, by operation type "
+        "(`then_branch:`/`else_branch:` inside a `tf.cond`, of which one branch runs):",
         tensor_breakdown(results),
     ])
     print(text)
