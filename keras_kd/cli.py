@@ -133,9 +133,9 @@ def build_parser():
     )
     demo.add_argument(
         "--output", default=None,
-        help="folder for the models, TensorBoard logs and student files "
-        "(default: kd_output, or kd_output_quick with --quick; kd_output_lm and "
-        "kd_output_lm_quick for lm)",
+        help="folder for the models, TensorBoard logs and student files; for lm, "
+        "kd_output_lm, or kd_output_lm_quick with --quick "
+        "(default: kd_output, or kd_output_quick with --quick)",
     )
     demo.add_argument(
         "--quick", action="store_true",
