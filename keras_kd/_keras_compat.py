@@ -7,7 +7,6 @@ file to change.
 
 import contextlib
 
-import keras
 import tensorflow as tf
 
 # Keras 3.15: `keras.ops.softmax(x)` on a symbolic tensor records a
@@ -79,6 +78,11 @@ def in_multi_worker_mode(strategy):
     ) and strategy.extended._in_multi_worker_mode()
 
 
-def symbolic_build(model, data_batch):
-    """Keras 3.15's `Model._maybe_symbolic_build` for one data batch."""
-    return keras.Model._maybe_symbolic_build(model, data_batch=data_batch)
+def keras_mask(tensor):
+    """The Keras mask attached to a tensor by masking layers, or `None`.
+
+    Keras 3.15 exposes it only as `keras.src.backend.get_keras_mask`.
+    """
+    from keras.src.backend import get_keras_mask
+
+    return get_keras_mask(tensor)

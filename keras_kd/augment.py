@@ -290,8 +290,19 @@ class InputAugmentation(Augmentation):
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class Sequence(Augmentation):
-    """Applies augmentations one after the other."""
+class Pipeline(Augmentation):
+    """Applies augmentations one after the other (Keras's name for this).
+
+    Args:
+        augmentations: a list of `Augmentation`s, Keras layers or callables
+            of the inputs.
+
+    Example:
+
+    ```python
+    keras_kd.augment.Pipeline([keras_kd.augment.RandomShift(6), keras_kd.augment.CutMix()])
+    ```
+    """
 
     def __init__(self, augmentations):
         self.augmentations = [as_augmentation(a) for a in augmentations]
@@ -335,7 +346,7 @@ def as_augmentation(augmentation):
     if augmentation is None or isinstance(augmentation, Augmentation):
         return augmentation
     if isinstance(augmentation, (list, tuple)):
-        return Sequence(augmentation)
+        return Pipeline(augmentation)
     if callable(augmentation):
         return InputAugmentation(augmentation)
     raise ValueError(

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_kd import _files, taps
+from keras_kd import _files, _validation, lm, taps
 
 INPUTS_KEY = "keras_kd_inputs"
 TEACHER_KEY = "keras_kd_teacher"
@@ -53,6 +53,8 @@ def cache_teacher_outputs(
     shuffle=True,
     seed=None,
     shuffle_buffer_bytes=SHUFFLE_BUFFER_BYTES,
+    top_k=None,
+    top_k_dtype="float16",
 ):
     """Runs the teacher once over `dataset`; returns batches carrying its outputs.
 
@@ -80,6 +82,15 @@ def cache_teacher_outputs(
         seed: the shuffle's seed.
         shuffle_buffer_bytes: memory budget of the shuffle buffer; it holds
             `budget // bytes per sample` samples, between 1 and 10,000.
+        top_k: for language models: keep, per position, only the teacher's
+            K most likely tokens (their log-probabilities and ids) and the
+            probability of all the others (`keras_kd.lm.TopK`): `6K + 2`
+            bytes per token in float16 instead of `4 V` for full float32
+            logits. Logit distillation then computes the KL over the K
+            tokens plus one tail bucket (`keras_kd.lm.top_k_kl`); it needs
+            the forward KL at temperature 1. `None` keeps full logits.
+        top_k_dtype: `"float16"`, `"bfloat16"` or `"float32"`: the storage
+            type of the top-K log-probabilities.
 
     Returns:
         A batched `tf.data.Dataset` to pass to `Distiller.fit`/`evaluate`.
@@ -111,19 +122,20 @@ def cache_teacher_outputs(
             "the cache by itself."
         )
     view, model = _teacher_view(teacher)
+    storage = _storage(view, top_k, top_k_dtype)
     batched = _is_batched(dataset, model)
     batch_size = batch_size or (_first_batch_size(dataset) if batched else 32)
     samples = dataset if not batched else dataset.unbatch()
 
     if path is None:
-        generate, spec = _teacher_pass(view, samples, batch_size)
+        generate, spec = _teacher_pass(view, samples, batch_size, storage)
         cached = tf.data.Dataset.from_generator(generate, output_signature=spec).cache()
         # One pass runs the teacher and fills the cache; fit only reads it.
         count = cached.reduce(tf.constant(0, "int64"), _add_batch_size)
         cached = cached.unbatch().apply(tf.data.experimental.assert_cardinality(count))
     else:
         path = os.path.abspath(path)
-        cached = _folder_cache(view, samples, batch_size, path, shuffle, seed)
+        cached = _folder_cache(view, samples, batch_size, path, shuffle, seed, storage)
     if shuffle:
         buffer = shuffle_buffer_size(cached.element_spec, shuffle_buffer_bytes)
         cached = cached.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
@@ -173,13 +185,35 @@ def shuffle_buffer_size(element_spec, budget_bytes=SHUFFLE_BUFFER_BYTES):
 # ------------------------------------------- the view's layout, in one place
 
 
-def _to_stored(outputs):
+def _storage(view, top_k, dtype):
+    """How the teacher's logits are stored: `None` (in full) or `(K, dtype)`."""
+    if top_k is None:
+        return None
+    top_k = int(_validation.check_number(top_k, "top_k", minimum=1))
+    if dtype not in ("float16", "bfloat16", "float32"):
+        raise ValueError(
+            f"`top_k_dtype` must be 'float16', 'bfloat16' or 'float32', but "
+            f"received {dtype!r}."
+        )
+    if not isinstance(view, taps.ModelView):
+        raise ValueError(
+            "top_k caches one teacher's distribution; several teachers are "
+            "mixed from their full distributions. Cache without top_k, or "
+            "distil from one teacher."
+        )
+    return top_k, dtype
+
+
+def _to_stored(outputs, storage=None):
     """A view's `ViewOutputs` as stored: a dict, the logits once if they
-    are the output.
+    are the output, or only their top-K summary (`storage=(K, dtype)`).
 
     tf.data reads lists as tensors to stack, so several teachers' outputs
     are kept as tuples.
     """
+    if storage is not None:
+        top = lm.top_k_targets(outputs.logits, *storage)
+        return {"top_k": top._asdict(), "taps": outputs.taps}
     as_tuples = [tuple(v) if isinstance(v, list) else v for v in outputs]
     stored = dict(zip(("output", "logits", "taps"), as_tuples))
     output, logits = keras.tree.flatten(stored["output"]), keras.tree.flatten(stored["logits"])
@@ -189,7 +223,10 @@ def _to_stored(outputs):
 
 
 def _from_stored(stored):
-    """The `ViewOutputs` rebuilt from `_to_stored`'s."""
+    """The `ViewOutputs` rebuilt from `_to_stored`'s (a top-K cache has
+    no final output: `output` is `None`)."""
+    if "top_k" in stored:
+        return taps.ViewOutputs(None, lm.TopK(**stored["top_k"]), dict(stored["taps"]))
     return taps.ViewOutputs(
         output=stored["output"],
         logits=stored.get("logits", stored["output"]),
@@ -226,12 +263,14 @@ def _first_batch_size(dataset):
     return int(tf.shape(keras.tree.flatten(first)[0])[0])
 
 
-def _teacher_pass(view, samples, batch_size):
+def _teacher_pass(view, samples, batch_size, storage=None):
     """`(generate, spec)`: batches of stored elements, the teacher run as
     each is drawn, and their `element_spec` (traced, the teacher not run)."""
     batches = samples.batch(batch_size)
     x_spec, y_spec, weight_spec = keras.utils.unpack_x_y_sample_weight(batches.element_spec)
-    forward = tf.function(lambda x: _to_stored(view(x, training=False)), autograph=False)
+    forward = tf.function(
+        lambda x: _to_stored(view(x, training=False), storage), autograph=False
+    )
     outputs_spec = keras.tree.map_structure(
         lambda t: tf.TensorSpec(t.shape, t.dtype),
         forward.get_concrete_function(x_spec).structured_outputs,
@@ -254,10 +293,10 @@ def _add_batch_size(count, batch):
     return count + tf.shape(keras.tree.flatten(batch)[0], out_type="int64")[0]
 
 
-def _folder_cache(view, samples, batch_size, path, shuffle, seed):
+def _folder_cache(view, samples, batch_size, path, shuffle, seed, storage):
     """Reads the verified cache in `path`, or (re)writes it first."""
-    fingerprint, count = _fingerprint(view, samples)
-    generate, spec = _teacher_pass(view, samples, batch_size)
+    fingerprint, count = _fingerprint(view, samples, storage)
+    generate, spec = _teacher_pass(view, samples, batch_size, storage)
     if os.path.isfile(path):
         raise ValueError(
             f"Cache path '{path}' is a file, but the cache is a folder. Pass a "
@@ -435,9 +474,10 @@ def _checksums(path):
     return sums
 
 
-def _fingerprint(view, samples):
-    """sha256 of the teacher(s) and the data, and the number of samples."""
+def _fingerprint(view, samples, storage=None):
+    """sha256 of the teacher(s), the storage and the data, and the number of samples."""
     digest = hashlib.sha256()
+    digest.update(json.dumps(storage).encode())
     views = getattr(view, "views", [view])
     for single in views:
         model = single.model

@@ -66,7 +66,7 @@ def hard_label_loss():
 def recipe_augmentation(seed=None):
     """The augmentation every demo model trains with: random shifts, then
     CutMix (a window of another sample pasted in)."""
-    return augment.Sequence([augment.RandomShift(6, seed=seed), augment.CutMix(seed=seed)])
+    return augment.Pipeline([augment.RandomShift(6, seed=seed), augment.CutMix(seed=seed)])
 
 
 def labelled_batches(x, y, augmentation=None, seed=None):

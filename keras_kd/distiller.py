@@ -1,13 +1,15 @@
 """`Distiller`: a frozen teacher supervises a student through `fit`."""
 
 import functools
+import inspect
 
 import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_kd import _keras_compat, _validation, augment, cache, taps
+from keras_kd import _keras_compat, _validation, augment, cache, lm, taps
 from keras_kd._validation import as_float, check_number
+from keras_kd.losses.base import masked_mean
 from keras_kd.losses.logits import LogitsDistillation, mixture_logits
 
 
@@ -62,6 +64,11 @@ class Distiller(keras.Model):
             applied in order. Not applied by `evaluate`. See `keras_kd.augment`.
         teacher_weights: with several teachers, their weights in the
             mixture (normalized to sum to 1); equal by default.
+        vocabulary_alignment: `None` (teacher and student logits must have
+            the same size) or `"truncate"`: for language models whose
+            vocabularies differ only by padding rows at the end (e.g.
+            151,936 vs 152,064 rows for one tokenizer), logits are cut to
+            the smaller size before every logit loss and metric.
         name: the model's name.
         **kwargs: passed to `keras.Model`.
 
@@ -101,6 +108,7 @@ class Distiller(keras.Model):
         student_loss_weight=0.5,
         augmentation=None,
         teacher_weights=None,
+        vocabulary_alignment=None,
         name="distiller",
         **kwargs,
     ):
@@ -121,8 +129,9 @@ class Distiller(keras.Model):
                 "distillation losses",
             )
         )
+        logits_size = _check_vocabularies(teachers, student, vocabulary_alignment)
         for loss in losses:
-            _check_loss_fits_models(loss, teachers, student)
+            _check_loss_fits_models(loss, teachers, student, logits_size is not None)
 
         self.teacher = teacher
         for model in teachers:
@@ -133,6 +142,7 @@ class Distiller(keras.Model):
         self.student = student
         self.distillation_losses = losses
         self.augmentation = augmentation
+        self.vocabulary_alignment = vocabulary_alignment
         self._augment = augment.as_augmentation(augmentation)
         self.term_names = _unique_names([loss.name for loss in losses])
         self.student_loss_weight = _hyperparameter(
@@ -144,7 +154,10 @@ class Distiller(keras.Model):
             for weight, term in zip(weights, self.term_names)
         ]
         self.loss_hyperparameters = _make_schedulable(losses, self.term_names)
-        self._terms = [_Term(loss, term) for loss, term in zip(losses, self.term_names)]
+        self._logits_size = logits_size
+        self._terms = [
+            _Term(loss, term, logits_size) for loss, term in zip(losses, self.term_names)
+        ]
 
         teacher_paths = _layer_paths(self._terms, "teacher_path")
         # The view that runs the teacher(s) once and taps what the losses
@@ -219,6 +232,40 @@ class Distiller(keras.Model):
                 )
             self.jit_compile = False
 
+    def fit(self, x=None, y=None, batch_size=None, sample_weight=None,
+            validation_data=None, **kwargs):
+        """`keras.Model.fit`; raw text goes through the student's preprocessor.
+
+        When the student carries a KerasHub preprocessor and `x` (or
+        `validation_data`) holds strings, like `CausalLM.fit`, each batch is
+        preprocessed once in the input pipeline; teacher and student then
+        see the same token ids.
+        """
+        x, y, sample_weight, batch_size = self._preprocess_text(x, y, sample_weight, batch_size)
+        if validation_data is not None and self._text_preprocessor(validation_data):
+            validation_data = lm.preprocessed(
+                self.student.preprocessor,
+                *keras.utils.unpack_x_y_sample_weight(validation_data),
+                batch_size=batch_size,
+            )
+        return super().fit(x, y, batch_size=batch_size, sample_weight=sample_weight,
+                           validation_data=validation_data, **kwargs)
+
+    def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
+        """`keras.Model.evaluate`; raw text goes through the student's preprocessor."""
+        x, y, sample_weight, batch_size = self._preprocess_text(x, y, sample_weight, batch_size)
+        return super().evaluate(x, y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
+
+    def _text_preprocessor(self, data):
+        preprocessor = getattr(self.student, "preprocessor", None)
+        return preprocessor if preprocessor is not None and lm.holds_text(data) else None
+
+    def _preprocess_text(self, x, y, sample_weight, batch_size):
+        preprocessor = self._text_preprocessor(x)
+        if preprocessor is None:
+            return x, y, sample_weight, batch_size
+        return lm.preprocessed(preprocessor, x, y, sample_weight, batch_size), None, None, None
+
     def compile_from_config(self, config):
         """Re-compiles a loaded Distiller, optimizer state included."""
         self.compile(**keras.saving.deserialize_keras_object(config))
@@ -275,7 +322,7 @@ class Distiller(keras.Model):
         return {
             term.name: tuple(
                 keras.ops.convert_to_numpy(v)
-                for v in self._pair(term, teacher_outputs, student_outputs, False)
+                for v in self._pair(term, teacher_outputs, student_outputs, training=False)
             )
             for term in self._terms
         }
@@ -301,7 +348,7 @@ class Distiller(keras.Model):
         with tf.GradientTape() as tape:
             student_outputs = self._student_view(x, training=True)
             terms = self._objective(
-                targets, sample_weight, teacher_outputs, student_outputs, True
+                x, targets, sample_weight, teacher_outputs, student_outputs, True
             )
             # apply_gradients sums over replicas: each replica contributes
             # its share of the global mean.
@@ -320,14 +367,14 @@ class Distiller(keras.Model):
         teacher_outputs = self._teacher_outputs(x, cached)
         student_outputs = self._student_view(x, training=False)
         terms = self._objective(
-            _targets(y), sample_weight, teacher_outputs, student_outputs, False
+            x, _targets(y), sample_weight, teacher_outputs, student_outputs, False
         )
         return self._update_metrics(
             terms, x, _targets(y), teacher_outputs, student_outputs, sample_weight
         )
 
     def _objective(
-        self, targets, sample_weight, teacher_outputs, student_outputs, training
+        self, x, targets, sample_weight, teacher_outputs, student_outputs, training
     ):
         """Every term of the objective, per replica, before any scaling.
 
@@ -342,9 +389,10 @@ class Distiller(keras.Model):
                 f"(x, y) batches, or build the Distiller with "
                 f"student_loss_weight=0.0 to learn from the teacher alone."
             )
-        hard = []
         compiled_loss = _keras_compat.compile_loss(self)
-        if compiled_loss is not None:
+
+        def hard_label_loss():
+            hard = []
             for y, target_weight in targets:
                 value = compiled_loss(
                     y, student_outputs.output, _combine(sample_weight, target_weight)
@@ -352,11 +400,22 @@ class Distiller(keras.Model):
                 # keras.losses.Loss divides by the replica count; undo it so
                 # that every term is a plain per-replica mean.
                 hard.append(_unscaled(ops.cast(value, "float32")))
-        terms = {"student_loss": _total(hard)}
+            return _total(hard)
+
+        if compiled_loss is None or not targets:
+            student_loss = _total([])
+        elif training:
+            # Not computed at all while its weight is 0 (a full-vocabulary
+            # cross-entropy for language models); a schedule may change it.
+            student_loss = tf.cond(weight > 0, hard_label_loss, lambda: _total([]))
+        else:
+            student_loss = hard_label_loss()
+        terms = {"student_loss": student_loss}
+        mask = lm.token_mask(x, sample_weight, student_outputs.output)
         weighted = []
         for term, loss_weight in zip(self._terms, self.distillation_loss_weights):
             terms[term.name] = self._term_value(
-                term, teacher_outputs, student_outputs, training, targets
+                term, teacher_outputs, student_outputs, training, targets, mask
             )
             weighted.append(ops.cast(loss_weight, "float32") * terms[term.name])
         terms["distillation_loss"] = _total(weighted)
@@ -374,6 +433,13 @@ class Distiller(keras.Model):
         if cached is None:
             return self.teacher_view(x, training=False)
         needed = set(_layer_paths(self._terms, "teacher_path"))
+        reads_output = [t.name for t in self._terms if t.teacher_path is None and not t.expects_logits]
+        if cached.output is None and reads_output:
+            raise ValueError(
+                f"The cached teacher outputs are a top-K summary of its "
+                f"logits, without its final output, but {reads_output} read "
+                f"the final output. Cache without top_k for these losses."
+            )
         if not needed <= set(cached.taps):
             raise ValueError(
                 f"The cached teacher outputs hold the layers "
@@ -392,15 +458,27 @@ class Distiller(keras.Model):
             student = self.connectors[term.name](student, training=training)
         return teacher, student
 
-    def _term_value(self, term, teacher_outputs, student_outputs, training, targets):
-        teacher, student = self._pair(term, teacher_outputs, student_outputs, training)
+    def _term_value(self, term, teacher_outputs, student_outputs, training, targets, mask):
+        teacher, student = self._pair(term, teacher_outputs, student_outputs, training=training)
         term.loss.validate_outputs(teacher, student)
+        extra = {}
         if term.uses_labels:
             # Labels only when every sample has exactly one (no mixing).
-            labels = targets[0][0] if len(targets) == 1 and targets[0][1] is None else None
-            value = term.loss.compute_loss(teacher, student, labels=labels)
-        else:
-            value = term.loss.compute_loss(teacher, student)
+            extra["labels"] = (
+                targets[0][0] if len(targets) == 1 and targets[0][1] is None else None
+            )
+        if mask is not None:
+            if not term.takes_mask:
+                raise ValueError(
+                    f"The batch is token-level (a mask of real tokens comes "
+                    f"with it), but distillation loss '{term.name}' "
+                    f"({type(term.loss).__name__}) has no `mask` or `**kwargs` "
+                    f"argument in compute_loss(), so padding would be "
+                    f"averaged in. Add `mask=None` and average over "
+                    f"mask == 1, e.g. with keras_kd.losses.base.masked_mean."
+                )
+            extra["mask"] = mask
+        value = term.loss.compute_loss(teacher, student, **extra)
         _validation.check_scalar(value, term.loss, term.name)
         return ops.cast(value, "float32")
 
@@ -445,20 +523,29 @@ class Distiller(keras.Model):
                 results[metric.name] = result
         return results
 
-    def _teacher_agreement(self, teacher_outputs, student_outputs):
-        """Fraction of samples whose top-1 class is the teacher's (first
-        output of models with several)."""
-        teacher, student = teacher_outputs.logits, student_outputs.logits
-        if len(self.teachers) > 1:
-            teacher = mixture_logits(teacher, self.teacher_weights, 1.0)
-        teacher, student = keras.tree.flatten(teacher)[0], keras.tree.flatten(student)[0]
+    def _teacher_agreement(self, teacher_outputs, student_outputs, mask):
+        """Fraction of samples (real tokens) whose top-1 class is the
+        teacher's (first output of models with several)."""
+        student = keras.tree.flatten(_cut(student_outputs.logits, self._logits_size))[0]
+        if isinstance(teacher_outputs.logits, lm.TopK):  # a top-K cache: ids[..., 0] is top-1
+            same = teacher_outputs.logits.ids[..., 0] == tf.argmax(student, axis=-1, output_type="int32")
+            return masked_mean(ops.cast(same, "float32"), mask)
+        teacher = keras.tree.flatten(_cut(teacher_outputs.logits, self._logits_size))
+        teacher = (
+            mixture_logits(teacher, self.teacher_weights, 1.0)
+            if len(self.teachers) > 1
+            else teacher[0]
+        )
         # tf.argmax: keras.ops.argmax adds a dozen ops of signed-zero handling.
         same = tf.argmax(teacher, axis=-1) == tf.argmax(student, axis=-1)
-        return ops.mean(ops.cast(same, "float32"))
+        return masked_mean(ops.cast(same, "float32"), mask)
 
     def _update_metrics(self, terms, x, targets, teacher_outputs, student_outputs, sample_weight):
         batch_size = ops.cast(ops.shape(keras.tree.flatten(x)[0])[0], "float32")
-        terms = dict(terms, teacher_agreement=self._teacher_agreement(teacher_outputs, student_outputs))
+        mask = lm.token_mask(x, sample_weight, student_outputs.output)
+        terms = dict(
+            terms, teacher_agreement=self._teacher_agreement(teacher_outputs, student_outputs, mask)
+        )
         _keras_compat.loss_tracker(self).update_state(terms["loss"], sample_weight=batch_size)
         self._logged_terms.update_state(terms, batch_size)
         compiled_metrics = _keras_compat.compile_metrics(self)
@@ -556,6 +643,7 @@ class Distiller(keras.Model):
             ],
             student_loss_weight=as_float(self.student_loss_weight),
             teacher_weights=self.teacher_weights if len(self.teachers) > 1 else None,
+            vocabulary_alignment=self.vocabulary_alignment,
             augmentation=keras.tree.map_structure(
                 keras.saving.serialize_keras_object, self.augmentation
             ),
@@ -593,9 +681,10 @@ class _Term:
     defaults that keep such a loss's meaning.
     """
 
-    def __init__(self, loss, name):
+    def __init__(self, loss, name, logits_size=None):
         self.loss = loss
         self.name = name
+        self.logits_size = logits_size
         self.teacher_path = _named_path(getattr(loss, "teacher_layer_name", None))
         self.student_path = _named_path(getattr(loss, "student_layer_name", None))
         self.expects_logits = bool(getattr(loss, "expects_logits", False))
@@ -604,6 +693,10 @@ class _Term:
         self.mixes_teachers = getattr(loss, "mixes_teachers", "distributions")
         self.make_connector = getattr(loss, "make_connector", None)
         self.projection = getattr(loss, "projection", None)
+        parameters = inspect.signature(loss.compute_loss).parameters.values()
+        self.takes_mask = any(
+            p.name == "mask" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
+        )
 
     @property
     def temperature(self):
@@ -615,7 +708,27 @@ class _Term:
         the logits or the final output."""
         if path is not None:
             return outputs.taps[path]
-        return outputs.logits if self.expects_logits else outputs.output
+        if self.expects_logits:
+            return _cut(outputs.logits, self.logits_size)
+        return outputs.output
+
+
+def _cut(logits, size):
+    """Logits cut to the first `size` classes (vocabulary_alignment)."""
+    if size is None:
+        return logits
+    if isinstance(logits, lm.TopK):
+        raise ValueError(
+            "vocabulary_alignment='truncate' cannot cut a top-K teacher cache "
+            "(its token ids may lie beyond the cut). Cache full logits."
+        )
+
+    def cut(value):
+        if isinstance(value, tf.TensorSpec):
+            return tf.TensorSpec(value.shape[:-1] + [size], value.dtype)
+        return value[..., :size]
+
+    return keras.tree.map_structure(cut, logits)
 
 
 def _named_path(path):
@@ -739,9 +852,15 @@ def _input_shapes(model):
     return [tuple(spec.shape[1:]) for spec in keras.tree.flatten(signature)]
 
 
-def _check_loss_fits_models(loss, teachers, student):
-    """Keras's per-loss model check; with several teachers, for each one."""
+def _check_loss_fits_models(loss, teachers, student, logits_cut=False):
+    """Keras's per-loss model check; with several teachers, for each one.
+
+    With `vocabulary_alignment="truncate"` the logit sizes may differ: logit
+    losses are not asked to check them.
+    """
     path = getattr(loss, "teacher_layer_name", None)
+    if logits_cut and getattr(loss, "expects_logits", False) and path in (None, taps.FINAL_OUTPUT):
+        return
     if len(teachers) == 1:
         loss.validate_model_compatibility(teachers[0], student)
     elif path in (None, taps.FINAL_OUTPUT):
@@ -755,6 +874,58 @@ def _check_loss_fits_models(loss, teachers, student):
         for teacher in teachers:
             loss.validate_model_compatibility(teacher, student)
     # Named teacher layers are resolved, with clear errors, by the views.
+
+
+def _check_vocabularies(teachers, student, alignment):
+    """Refuses models that tokenize differently; returns the logit size to
+    cut to (`vocabulary_alignment="truncate"`), else `None`."""
+    if alignment not in (None, "truncate"):
+        raise ValueError(
+            f"`vocabulary_alignment` must be None or 'truncate', but received "
+            f"{alignment!r}. Pass 'truncate' for vocabularies that differ only "
+            f"by padding rows at the end."
+        )
+    student_vocabulary = lm.vocabulary(student)
+    for teacher in teachers:
+        teacher_vocabulary = lm.vocabulary(teacher)
+        if None not in (teacher_vocabulary, student_vocabulary) and (
+            teacher_vocabulary != student_vocabulary
+        ):
+            differ = next(
+                (i for i, (a, b) in enumerate(zip(teacher_vocabulary, student_vocabulary)) if a != b),
+                min(len(teacher_vocabulary), len(student_vocabulary)),
+            )
+            raise ValueError(
+                f"The teacher '{teacher.name}' and the student '{student.name}' "
+                f"tokenize differently: their vocabularies ({len(teacher_vocabulary)} "
+                f"and {len(student_vocabulary)} tokens) first differ at token id "
+                f"{differ}, so the same id would mean different tokens to the two "
+                f"models. Distil between models that share one tokenizer."
+            )
+    if alignment is None:
+        return None
+    sizes = [
+        spec.shape[-1]
+        for model in teachers + [student]
+        for spec in [keras.tree.flatten(taps.symbolic_outputs(model) or [None])[0]]
+        if spec is not None
+    ]
+    if len(sizes) != len(teachers) + 1:
+        raise ValueError(
+            "vocabulary_alignment='truncate' needs the logit sizes of every "
+            "model, but a model has no known output shape (a subclassed model "
+            "never called). Call the models on a batch once first."
+        )
+    size = min(sizes)
+    for vocabulary in (student_vocabulary, *(lm.vocabulary(t) for t in teachers)):
+        if vocabulary is not None and len(vocabulary) > size:
+            raise ValueError(
+                f"vocabulary_alignment='truncate' cuts the logits to {size} "
+                f"classes, but the tokenizer has {len(vocabulary)} tokens: real "
+                f"tokens would be cut, not padding rows. Distil between models "
+                f"whose logits cover the whole vocabulary."
+            )
+    return size
 
 
 def _as_teacher_weights(weights, count):

@@ -23,3 +23,21 @@ def toy_data(n=64, features=8, classes=3, seed=0):
 
 def sparse_ce():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def numpy_log_softmax(z):
+    """log softmax over the last axis, in float64."""
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def numpy_kl(teacher_logits, student_logits, temperature=1.0, mask=None):
+    """T² KL(softmax(t/T) || softmax(s/T)), averaged over (real) positions."""
+    log_p = numpy_log_softmax(np.asarray(teacher_logits, np.float64) / temperature)
+    log_q = numpy_log_softmax(np.asarray(student_logits, np.float64) / temperature)
+    kl = (np.exp(log_p) * (log_p - log_q)).sum(axis=-1) * temperature**2
+    if mask is None:
+        return float(kl.mean())
+    mask = np.asarray(mask, np.float64)
+    return float((kl * mask).sum() / mask.sum())

@@ -140,7 +140,7 @@ def test_cutmix_refuses_inputs_without_steps():
 
 
 def test_a_distiller_with_augmentations_saves_and_reloads(tmp_path):
-    augmentation = augment.Sequence([augment.RandomShift(2, seed=1), augment.CutMix(alpha=0.5, seed=2),
+    augmentation = augment.Pipeline([augment.RandomShift(2, seed=1), augment.CutMix(alpha=0.5, seed=2),
                                      keras.layers.GaussianNoise(0.1)])
     inputs = keras.Input((12, 1))
     models = [keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)), name=n)

@@ -84,6 +84,11 @@ def test_unlabelled_and_unbatched_data_and_an_ensemble():
     distiller = make(teachers, student_loss_weight=0.0)
     x, _ = toy_data(40)
     cached = keras_kd.cache_teacher_outputs(distiller, tf.data.Dataset.from_tensor_slices(x), batch_size=8)
+    distiller.compile(optimizer="sgd")
+    from_cache = distiller.evaluate(cached, verbose=0, return_dict=True)
+    direct = distiller.evaluate(x, batch_size=8, verbose=0, return_dict=True)
+    assert from_cache["distillation_loss"] == pytest.approx(direct["distillation_loss"], rel=1e-5)
+    assert from_cache["distillation_loss"] > 0
     assert np.isfinite(distiller.fit(cached, epochs=1, verbose=0).history["loss"]).all()
 
 

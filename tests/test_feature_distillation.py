@@ -145,7 +145,11 @@ def test_final_output_can_be_named_for_one_side():
     )
     distiller.compile(optimizer="adam", loss=sparse_ce())
     x, y = data()
-    assert np.isfinite(distiller.evaluate(x, y, verbose=0)).all()
+    logs = distiller.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)
+    teacher_output, student_pool = distiller.distillation_outputs(x)["feature_distillation"]
+    assert teacher_output.shape == distiller.teacher(x).shape  # the final output, as named
+    expected = float(losses.SimilarityPreserving()(teacher_output, student_pool))
+    assert logs["distillation_loss"] == pytest.approx(expected, rel=1e-5) and expected > 0
 
 
 def test_relation_losses_use_each_replicas_batch(tmp_path):

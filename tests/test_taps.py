@@ -105,6 +105,7 @@ import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 
 import keras_kd  # noqa: E402
+from tests.helpers import numpy_kl  # noqa: E402
 
 CLASSES = 5
 XS = np.random.default_rng(1).normal(size=(16, 8)).astype("float32") * 3.0
@@ -199,16 +200,6 @@ def test_a_student_ending_in_softmax_is_distilled_from_its_logits():
     expected = distillation_loss(teacher, student_model())
     np.testing.assert_allclose(distillation_loss(teacher, student_model(activation="softmax")),
                                expected, rtol=1e-5)
-
-
-def numpy_kl(teacher_logits, student_logits, temperature):
-    def log_softmax(z):
-        z = np.asarray(z, "float64") / temperature
-        z = z - z.max(-1, keepdims=True)
-        return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-    log_p, log_q = log_softmax(teacher_logits), log_softmax(student_logits)
-    return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), -1)) * temperature**2)
 
 
 def test_a_mixed_float16_softmax_student_is_exact_where_its_probabilities_underflow():

@@ -19,6 +19,7 @@ from keras_kd.losses.logits import (
     DIST,
     DKD,
     LOGIT_LOSSES,
+    GeneralizedJSD,
     JensenShannon,
     LogitMSE,
     LogitsDistillation,
@@ -78,6 +79,7 @@ def get(identifier):
 
 __all__ = [
     "FEATURE_LOSSES",
+    "GeneralizedJSD",
     "LOGIT_LOSSES",
     "get",
     "DIST",

@@ -3,6 +3,8 @@
 import re
 
 import keras
+import tensorflow as tf
+from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -28,9 +30,13 @@ class DistillationLoss:
     keras_kd adds:
 
     - `expects_logits`: when `True` and no layer is named, the loss receives
-      logits; a model whose last layer applies softmax is given its
-      log-probabilities instead, which is equivalent for every softmax-based
-      loss. When `False`, it receives the final output as the model returns it.
+      logits (for a model ending in softmax, the softmax's input). When
+      `False`, it receives the final output as the model returns it.
+    - `compute_loss(..., mask=...)`: for token-level outputs `(batch,
+      sequence, ...)` the Distiller passes the mask of real tokens `(batch,
+      sequence)` (else `None`); keras_kd's losses return `masked_mean(...)`
+      of their per-position values. A loss that takes `**kwargs` receives
+      it too (and may ignore it, as keras.distillation's losses do).
     - `schedulable`: names of numeric attributes (for example
       `"temperature"`) that the Distiller turns into non-trainable
       `keras.Variable`s, so a callback can change them inside a compiled step.
@@ -66,7 +72,8 @@ class DistillationLoss:
         Args:
             teacher_outputs: the teacher output this loss asked for.
             student_outputs: the matching student output.
-            **kwargs: ignored; present for keras.distillation compatibility.
+            **kwargs: `mask` for token-level outputs (see the class);
+                present for keras.distillation compatibility.
 
         Returns:
             A scalar float32 tensor.
@@ -96,6 +103,49 @@ class DistillationLoss:
 def _snake_case(name):
     """`LogitsDistillation` -> `logits_distillation`, `DKD` -> `dkd`."""
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+def masked_mean(values, mask=None):
+    """The mean of per-position values over real positions, replica-correct.
+
+    The denominator is the number of real positions in the **global** batch:
+    each replica's count is summed across replicas. Each replica returns
+    `replicas * local sum / global count`, so the Distiller's one division
+    by the replica count, and the gradient sum over replicas, give exactly
+    the global masked mean, however the padding falls between replicas.
+
+    Args:
+        values: per-position values, e.g. `(batch,)` or `(batch, sequence)`.
+        mask: `None` (every position counts), or weights of the positions
+            (1 real, 0 padding) with as many axes as `values` — any other
+            rank (a per-sample value of a token-level batch) is averaged
+            plainly, as it has no padded positions.
+
+    Returns:
+        A scalar float32 tensor; 0 when no position is real.
+
+    Example:
+
+    ```python
+    masked_mean(keras.ops.array([[1.0, 3.0], [5.0, 7.0]]),
+                keras.ops.array([[1, 1], [1, 0]]))  # 3.0
+    ```
+    """
+    values = ops.cast(values, "float32")
+    if mask is None or len(mask.shape) != len(values.shape):
+        return ops.mean(values)
+    mask = ops.cast(mask, "float32")
+    local_count = ops.sum(mask)
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        count, replicas = local_count, 1.0  # one replica, or cross-replica code
+    else:
+        # stop_gradient after the all-reduce: backpropagation must not add
+        # an all-reduce of its own (replicas would disagree on collectives).
+        count = context.all_reduce(tf.distribute.ReduceOp.SUM, local_count)
+        replicas = float(context.num_replicas_in_sync)
+    count = ops.stop_gradient(count)
+    return ops.sum(values * mask) * replicas / ops.maximum(count, 1.0)
 
 
 def map_losses(fn, loss):

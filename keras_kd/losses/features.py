@@ -25,6 +25,7 @@ from keras_kd.losses.base import (
     deserialize_loss,
     keras_loss_function,
     map_losses,
+    masked_mean,
     serialize_loss,
     sum_over_outputs,
 )
@@ -56,9 +57,13 @@ class FeatureLoss:
 
     Subclasses implement `__call__(teacher_features, student_features)`
     returning a scalar, and set `alignment` (see the module docstring).
+    Losses that compare features position by position also implement
+    `per_position(teacher_features, student_features)`, unreduced over the
+    leading axes; only those can be masked for token-level features.
     """
 
     alignment = "elementwise"
+    per_position = None
 
     def get_config(self):
         return {}
@@ -90,12 +95,14 @@ class Hint(FeatureLoss):
     """
 
     def __call__(self, teacher_features, student_features):
-        return ops.mean(
-            ops.square(
-                ops.cast(teacher_features, "float32")
-                - ops.cast(student_features, "float32")
-            )
+        return ops.mean(self.per_position(teacher_features, student_features))
+
+    def per_position(self, teacher_features, student_features):
+        """Mean squared error over the last axis, one value per position."""
+        difference = ops.cast(teacher_features, "float32") - ops.cast(
+            student_features, "float32"
         )
+        return ops.mean(ops.square(difference), axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -349,23 +356,24 @@ FEATURE_LOSSES = {
 """keras_kd's feature-loss names, for `loss=` in Python and the CLI."""
 
 
-def _keras_feature_loss(loss):
-    """`mean(loss(t, s))` for a Keras loss name, instance or function."""
-    per_sample, _ = keras_loss_function(
-        loss, "a keras_kd feature loss",
-        "loss='mse' or loss=keras_kd.losses.AttentionTransfer()",
-        names=FEATURE_LOSSES,
-    )
+class _KerasFeatureLoss(FeatureLoss):
+    """A Keras loss name, instance or function as a feature loss:
+    `mean(loss(t, s))`, per position before the mean."""
 
-    def mean_loss(teacher_features, student_features):
-        return ops.mean(
-            per_sample(
-                ops.cast(teacher_features, "float32"),
-                ops.cast(student_features, "float32"),
-            )
+    def __init__(self, loss):
+        self.keras_per_sample, _ = keras_loss_function(
+            loss, "a keras_kd feature loss",
+            "loss='mse' or loss=keras_kd.losses.AttentionTransfer()",
+            names=FEATURE_LOSSES,
         )
 
-    return mean_loss
+    def __call__(self, teacher_features, student_features):
+        return ops.mean(self.per_position(teacher_features, student_features))
+
+    def per_position(self, teacher_features, student_features):
+        return self.keras_per_sample(
+            ops.cast(teacher_features, "float32"), ops.cast(student_features, "float32")
+        )
 
 
 def _resolve(loss):
@@ -373,7 +381,7 @@ def _resolve(loss):
         return loss
     if isinstance(loss, str) and loss in FEATURE_LOSSES:
         return FEATURE_LOSSES[loss]()
-    return _keras_feature_loss(loss)
+    return _KerasFeatureLoss(loss)
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -471,7 +479,7 @@ class FeatureDistillation(DistillationLoss):
     def alignment(self):
         """What the loss needs lined up: the strictest of its losses."""
         kinds = {
-            getattr(fn, "alignment", "elementwise")
+            fn.alignment
             for fn in keras.tree.flatten(self._loss_fns)
             if fn is not None
         }
@@ -522,20 +530,41 @@ class FeatureDistillation(DistillationLoss):
             resize=True, project=alignment == "elementwise", name=name,
         )
 
-    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
-        """Returns the feature loss (summed over outputs, for a list).
+    def compute_loss(self, teacher_outputs, student_outputs, mask=None, **kwargs):
+        """Returns the feature loss (summed over outputs, for a structure).
 
         Args:
-            teacher_outputs: the teacher feature (or a list of them).
+            teacher_outputs: the teacher feature (or a list/dict of them).
             student_outputs: the student feature after the connector.
+            mask: real positions `(batch, sequence)` of token-level features
+                `(batch, sequence, channels)`, or `None`: the loss is then
+                the mean over real positions (see `masked_mean`).
             **kwargs: ignored.
 
         Returns:
             A scalar float32 tensor.
+
+        Raises:
+            ValueError: if a token-level feature is masked but the loss
+                compares whole samples or the batch (it cannot leave the
+                padding out).
         """
         return sum_over_outputs(
-            lambda fn, t, s: fn(t, s), self._loss_fns, teacher_outputs, student_outputs
+            lambda fn, t, s: self._apply(fn, t, s, mask),
+            self._loss_fns, teacher_outputs, student_outputs,
         )
+
+    def _apply(self, fn, teacher, student, mask):
+        if mask is None or len(teacher.shape) - 1 != len(mask.shape):
+            return fn(teacher, student)
+        if fn.per_position is None:
+            raise ValueError(
+                f"{type(fn).__name__} compares whole samples or the batch, so "
+                f"it cannot leave out the padding of token-level features "
+                f"{tuple(teacher.shape)}. Use loss='mse', Hint() or another "
+                f"Keras loss, which are averaged over real tokens only."
+            )
+        return masked_mean(fn.per_position(teacher, student), mask)
 
     def get_config(self):
         config = super().get_config()

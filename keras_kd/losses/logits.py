@@ -2,14 +2,17 @@
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
+from keras_kd import lm
 from keras_kd._validation import as_float, check_number
 from keras_kd.losses.base import (
     DistillationLoss,
     deserialize_loss,
     keras_loss_function,
     map_losses,
+    masked_mean,
     serialize_loss,
     sum_over_outputs,
 )
@@ -21,74 +24,131 @@ def log_softmax_at(logits, temperature):
     return ops.log_softmax(logits / ops.cast(temperature, "float32"), axis=-1)
 
 
-def _mean_over_samples(per_position):
-    """Mean of a per-position value over every axis (batch, time, ...)."""
-    return ops.mean(per_position)
+# Divergences between distributions given as log-probabilities `log_p`
+# (teacher) and `log_q` (student), both (..., classes). Each returns one value
+# per position (the last axis summed, nothing averaged): softening, the T²
+# factor, masks and the mean happen once, in `LogitsDistillation`.
 
 
-def kl_divergence(teacher_logits, student_logits, temperature):
-    """KL(teacher_T || student_T) times T², averaged over samples.
+def kl_divergence(log_p, log_q):
+    """Forward KL, `KL(p ‖ q) = sum p (log p - log q)`, per position.
 
-    Computed from log-probabilities, so it stays exact where probabilities
-    underflow (no clipping).
+    Args:
+        log_p: teacher log-probabilities, shape `(..., classes)`.
+        log_q: student log-probabilities, same shape.
+
+    Returns:
+        A float32 tensor of shape `(...)`. Exact where probabilities
+        underflow: no clipping, only log-probabilities.
     """
-    log_p = log_softmax_at(teacher_logits, temperature)
-    log_q = log_softmax_at(student_logits, temperature)
-    kl = ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1)
-    return _mean_over_samples(kl) * ops.square(ops.cast(temperature, "float32"))
+    return ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1)
 
 
-def soft_cross_entropy(teacher_logits, student_logits, temperature):
-    """Cross-entropy H(teacher_T, student_T) times T², averaged over samples.
+def reverse_kl(log_p, log_q):
+    """Reverse KL, `KL(q ‖ p)` (student to teacher), per position: mode-seeking.
+
+    Args:
+        log_p: teacher log-probabilities, shape `(..., classes)`.
+        log_q: student log-probabilities, same shape.
+
+    Returns:
+        A float32 tensor of shape `(...)`.
+    """
+    return kl_divergence(log_q, log_p)
+
+
+def generalized_jsd(log_p, log_q, beta=0.5):
+    """Generalized Jensen-Shannon divergence, per position.
+
+    With the mixture `m = beta p + (1 - beta) q`:
+    `beta KL(p ‖ m) + (1 - beta) KL(q ‖ m)`. The ends are the two KLs, as in
+    TRL's `generalized_jsd_loss`: `beta=0` gives the forward `KL(p ‖ q)` and
+    `beta=1` the reverse `KL(q ‖ p)` (the interpolation itself tends to 0 at
+    both ends; the GKD paper names the ends the other way round and scales
+    the interpolation). `beta=0.5` is the symmetric Jensen-Shannon
+    divergence, bounded by `log 2`.
+
+    Args:
+        log_p: teacher log-probabilities, shape `(..., classes)`.
+        log_q: student log-probabilities, same shape.
+        beta: the teacher's weight in the mixture, in [0, 1] (a Python
+            float or a scalar tensor for the interior).
+
+    Returns:
+        A float32 tensor of shape `(...)`.
+
+    Reference:
+        Agarwal et al., "On-Policy Distillation of Language Models: Learning
+        from Self-Generated Mistakes", ICLR 2024, arXiv:2306.13649.
+    """
+    if isinstance(beta, (int, float)) and beta in (0, 1):
+        return kl_divergence(log_p, log_q) if beta == 0 else reverse_kl(log_p, log_q)
+    beta = ops.cast(beta, "float32")
+    log_m = ops.logsumexp(
+        ops.stack([log_p + ops.log(beta), log_q + ops.log(1.0 - beta)]), axis=0
+    )
+    return beta * kl_divergence(log_p, log_m) + (1.0 - beta) * kl_divergence(log_q, log_m)
+
+
+def jensen_shannon(log_p, log_q):
+    """Jensen-Shannon divergence (`generalized_jsd` at `beta=0.5`), per position."""
+    return generalized_jsd(log_p, log_q, 0.5)
+
+
+def soft_cross_entropy(log_p, log_q):
+    """Cross-entropy `H(p, q) = -sum p log q`, per position.
 
     Equals `kl_divergence` plus the teacher's entropy (a constant for the
     student), so it has the same gradients.
     """
-    log_p = log_softmax_at(teacher_logits, temperature)
-    log_q = log_softmax_at(student_logits, temperature)
-    cross_entropy = -ops.sum(ops.exp(log_p) * log_q, axis=-1)
-    return _mean_over_samples(cross_entropy) * ops.square(
-        ops.cast(temperature, "float32")
-    )
+    return -ops.sum(ops.exp(log_p) * log_q, axis=-1)
 
 
-def reverse_kl(teacher_logits, student_logits, temperature):
-    """KL(student_T || teacher_T) times T²: mode-seeking."""
-    return kl_divergence(student_logits, teacher_logits, temperature)
+def logits_mse(teacher_logits, student_logits):
+    """Mean squared difference of raw logits over the last axis, per position.
+
+    Args:
+        teacher_logits: shape `(..., classes)`.
+        student_logits: same shape.
+
+    Returns:
+        A float32 tensor of shape `(...)`.
+    """
+    difference = ops.cast(teacher_logits, "float32") - ops.cast(student_logits, "float32")
+    return ops.mean(ops.square(difference), axis=-1)
 
 
-def jensen_shannon(teacher_logits, student_logits, temperature):
-    """Jensen-Shannon divergence of the softened distributions, times T²."""
-    log_p = log_softmax_at(teacher_logits, temperature)
-    log_q = log_softmax_at(student_logits, temperature)
-    log_m = ops.logsumexp(ops.stack([log_p, log_q]), axis=0) - ops.log(2.0)
-    js = 0.5 * ops.sum(ops.exp(log_p) * (log_p - log_m), axis=-1) + 0.5 * ops.sum(
-        ops.exp(log_q) * (log_q - log_m), axis=-1
-    )
-    return _mean_over_samples(js) * ops.square(ops.cast(temperature, "float32"))
+def _on_distributions(divergence):
+    """`divergence(log_p, log_q)` as `fn(t, s, T, labels)`: softened at T, times T²."""
+
+    def per_position(teacher_logits, student_logits, temperature, labels=None):
+        log_p = log_softmax_at(teacher_logits, temperature)
+        log_q = log_softmax_at(student_logits, temperature)
+        return divergence(log_p, log_q) * ops.square(ops.cast(temperature, "float32"))
+
+    per_position.divergence = divergence
+    return per_position
 
 
-def logits_mse(teacher_logits, student_logits, temperature=None):
-    """Mean squared difference of the raw logits (no temperature)."""
-    del temperature
-    return ops.mean(
-        ops.square(
-            ops.cast(teacher_logits, "float32") - ops.cast(student_logits, "float32")
-        )
-    )
+def _on_raw_logits(fn):
+    def per_position(teacher_logits, student_logits, temperature, labels=None):
+        return fn(teacher_logits, student_logits)
+
+    return per_position
 
 
 LOGIT_LOSSES = {
-    "reverse_kl": reverse_kl,
-    "jensen_shannon": jensen_shannon,
-    "js": jensen_shannon,
-    "logits_mse": logits_mse,
+    "reverse_kl": _on_distributions(reverse_kl),
+    "jensen_shannon": _on_distributions(jensen_shannon),
+    "js": _on_distributions(jensen_shannon),
+    "logits_mse": _on_raw_logits(logits_mse),
 }
 """keras_kd's logit-loss names, for `LogitsDistillation(loss=...)`."""
 
 
 def _resolve(loss):
-    """Maps a `loss=` entry to `fn(teacher, student, temperature, labels)`."""
+    """Maps a `loss=` entry to `fn(teacher, student, temperature, labels)`,
+    which returns one value per position."""
     if loss is None:
         return None
     if isinstance(loss, LogitsDistillation):
@@ -100,29 +160,23 @@ def _resolve(loss):
             f"(temperature=...)]."
         )
     if isinstance(loss, str) and loss in LOGIT_LOSSES:
-        return _ignoring_labels(LOGIT_LOSSES[loss])
+        return LOGIT_LOSSES[loss]
     per_sample, core = keras_loss_function(
         loss, "a keras_kd logit loss", "loss='kl_divergence'", names=LOGIT_LOSSES
     )
     if core is keras.losses.kl_divergence:
-        return _ignoring_labels(kl_divergence)
+        return _on_distributions(kl_divergence)
     if core is keras.losses.categorical_crossentropy:
-        return _ignoring_labels(soft_cross_entropy)
+        return _on_distributions(soft_cross_entropy)
 
     def on_scaled_logits(teacher_logits, student_logits, temperature, labels=None):
+        # As keras.distillation: the Keras loss of t/T and s/T, no T².
         temperature = ops.cast(temperature, "float32")
         teacher = ops.cast(teacher_logits, "float32") / temperature
         student = ops.cast(student_logits, "float32") / temperature
-        return ops.mean(per_sample(teacher, student))
+        return per_sample(teacher, student)
 
     return on_scaled_logits
-
-
-def _ignoring_labels(fn):
-    def divergence(teacher_logits, student_logits, temperature, labels=None):
-        return fn(teacher_logits, student_logits, temperature)
-
-    return divergence
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -195,6 +249,10 @@ class LogitsDistillation(DistillationLoss):
         if name:
             self.name = name
 
+    def validate_outputs(self, teacher_outputs, student_outputs):
+        if not isinstance(teacher_outputs, lm.TopK):  # a top-K cache: any vocabulary
+            super().validate_outputs(teacher_outputs, student_outputs)
+
     def validate_model_compatibility(self, teacher, student):
         teacher_shapes = _output_shapes(teacher)
         student_shapes = _output_shapes(student)
@@ -214,35 +272,58 @@ class LogitsDistillation(DistillationLoss):
                     f"but the teacher outputs {t_shape[-1]} classes (shape "
                     f"{t_shape}) and the student {s_shape[-1]} (shape "
                     f"{s_shape}). Give the student a final layer with "
-                    f"{t_shape[-1]} units."
+                    f"{t_shape[-1]} units (for language models whose "
+                    f"vocabularies differ only by padding rows at the end, "
+                    f"pass vocabulary_alignment='truncate' to the Distiller)."
                 )
 
-    def compute_loss(self, teacher_outputs, student_outputs, labels=None, **kwargs):
-        """Returns the distillation loss, summed over outputs for a list.
+    def compute_loss(
+        self, teacher_outputs, student_outputs, labels=None, mask=None, **kwargs
+    ):
+        """Returns the distillation loss, summed over outputs for a structure.
 
         Args:
-            teacher_outputs: teacher logits (or a list, one per output).
+            teacher_outputs: teacher logits (or a list/dict, one per output).
             student_outputs: student logits, same structure.
             labels: the batch's class ids, used by `DKD`; `None` when
                 unknown (unlabelled or mixed batches).
+            mask: real positions of token-level outputs `(batch, sequence)`,
+                or `None`: the loss is the mean over real positions, its
+                denominator the count of real positions across replicas.
             **kwargs: ignored.
 
         Returns:
             A scalar float32 tensor.
         """
-        if not isinstance(self._loss_fns, (list, tuple, dict)):
-            divergence = self.divergence  # DKD and DIST override it
-            return sum_over_outputs(
-                lambda _, t, s: divergence(t, s, self.temperature, labels),
-                divergence, teacher_outputs, student_outputs,
-            )
+        if isinstance(teacher_outputs, lm.TopK):
+            return masked_mean(self._top_k_kl(teacher_outputs, student_outputs), mask)
+        # DKD and DIST define divergence() themselves; the rest resolve `loss`.
+        losses = self.divergence if self._loss_fns is None else self._loss_fns
         return sum_over_outputs(
-            lambda fn, t, s: fn(t, s, self.temperature, labels),
-            self._loss_fns, teacher_outputs, student_outputs,
+            lambda fn, t, s: masked_mean(fn(t, s, self.temperature, labels), mask),
+            losses, teacher_outputs, student_outputs,
         )
 
+    def _top_k_kl(self, top, student_logits):
+        """The forward KL from a top-K teacher cache (see `lm.top_k_kl`)."""
+        if getattr(self._loss_fns, "divergence", None) is not kl_divergence:
+            raise ValueError(
+                f"{self.name}: the teacher outputs come from a top-K cache, "
+                f"which supports the forward KL (LogitsDistillation with "
+                f"loss='kl_divergence') only, but this loss is "
+                f"{type(self).__name__}(loss={self.loss!r}). Cache full "
+                f"logits (top_k=None) for other losses."
+            )
+        one = tf.debugging.assert_equal(
+            ops.cast(self.temperature, "float32"), 1.0,
+            message="A top-K teacher cache holds log-probabilities at temperature 1; "
+            "set the LogitsDistillation temperature to 1.0 or cache full logits.",
+        )
+        with tf.control_dependencies([one]):
+            return lm.top_k_kl(top, student_logits)
+
     def divergence(self, teacher_logits, student_logits, temperature, labels=None):
-        """The loss between one teacher and student output at `temperature`."""
+        """The per-position loss between one teacher and student output."""
         return self._loss_fns(teacher_logits, student_logits, temperature, labels)
 
     def get_config(self):
@@ -319,6 +400,52 @@ class JensenShannon(_FixedLogitLoss):
     """
 
     _loss_name = "jensen_shannon"
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class GeneralizedJSD(LogitsDistillation):
+    """Generalized Jensen-Shannon divergence of the softened distributions, times T².
+
+    `beta KL(p ‖ m) + (1 - beta) KL(q ‖ m)` with `m = beta p + (1 - beta) q`,
+    `p` the teacher's and `q` the student's distribution at temperature `T`.
+    `beta=0` is the forward KL (as `LogitsDistillation`), `beta=1` the
+    reverse KL (as `ReverseKL`), `beta=0.5` the Jensen-Shannon divergence;
+    this is TRL's naming (see `generalized_jsd` for the paper's). Masked for
+    token-level outputs like every logit loss.
+
+    Args:
+        beta: the teacher's weight in the mixture, in [0, 1].
+        temperature: softening temperature `T > 0`.
+        name: the name this term is logged under.
+
+    Raises:
+        ValueError: if a number is out of range.
+
+    Example:
+
+    ```python
+    keras_kd.Distiller(teacher_lm, student_lm, keras_kd.losses.GeneralizedJSD(beta=0.5))
+    ```
+
+    Reference:
+        Agarwal et al., "On-Policy Distillation of Language Models: Learning
+        from Self-Generated Mistakes", ICLR 2024, arXiv:2306.13649.
+    """
+
+    _fixed_loss = True
+
+    def __init__(self, beta=0.5, temperature=1.0, name=None):
+        super().__init__(temperature=temperature, name=name)
+        self.beta = check_number(beta, "beta", 0.0, 1.0)
+        self._divergence = _on_distributions(
+            lambda log_p, log_q: generalized_jsd(log_p, log_q, self.beta)
+        )
+
+    def divergence(self, teacher_logits, student_logits, temperature, labels=None):
+        return self._divergence(teacher_logits, student_logits, temperature)
+
+    def get_config(self):
+        return {**super().get_config(), "beta": self.beta}
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -411,11 +538,11 @@ class DKD(LogitsDistillation):
             log_rest = ops.logsumexp(ops.where(target, -np.inf, log_probs), axis=-1)
             return ops.stack([log_target, log_rest], axis=-1)
 
-        def kl(log_a, log_b, mask=None):
+        def kl(log_a, log_b, mask=None):  # per position
             terms = ops.exp(log_a) * (log_a - log_b)
             if mask is not None:
                 terms = ops.where(mask, 0.0, terms)
-            return ops.mean(ops.sum(terms, axis=-1))
+            return ops.sum(terms, axis=-1)
 
         def non_target(log_probs):  # log-probabilities renormalized over the rest
             rest = ops.where(target, -np.inf, log_probs)
@@ -471,6 +598,15 @@ class DIST(LogitsDistillation):
         super().__init__(temperature=temperature, name=name)
         self.beta = check_number(beta, "beta", minimum=0.0)
         self.gamma = check_number(gamma, "gamma", minimum=0.0)
+
+    def compute_loss(self, teacher_outputs, student_outputs, mask=None, **kwargs):
+        if mask is not None:
+            raise ValueError(
+                "DIST relates the positions of a batch to each other, so a "
+                "token mask cannot take padding out of it. For token-level "
+                "outputs use LogitsDistillation, ReverseKL or GeneralizedJSD."
+            )
+        return super().compute_loss(teacher_outputs, student_outputs, **kwargs)
 
     def divergence(self, teacher_logits, student_logits, temperature, labels=None):
         classes = teacher_logits.shape[-1]

@@ -7,7 +7,7 @@ import pytest
 import keras_kd
 from keras_kd import losses
 from keras_kd.losses.logits import mixture_logits
-from tests.losses.test_logits import numpy_kl, numpy_log_softmax
+from tests.helpers import numpy_kl, numpy_log_softmax
 
 RNG = np.random.default_rng(21)
 TEACHER = RNG.normal(scale=2.0, size=(8, 5))

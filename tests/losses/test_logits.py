@@ -5,19 +5,7 @@ import numpy as np
 import pytest
 
 import keras_kd
-
-
-def numpy_log_softmax(z):
-    z = np.asarray(z, dtype=np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-
-
-def numpy_kl(teacher, student, temperature):
-    log_p = numpy_log_softmax(np.asarray(teacher) / temperature)
-    log_q = numpy_log_softmax(np.asarray(student) / temperature)
-    kl = (np.exp(log_p) * (log_p - log_q)).sum(axis=-1)
-    return kl.mean() * temperature**2
+from tests.helpers import numpy_kl, numpy_log_softmax
 
 
 def value(loss, teacher, student):

@@ -1,0 +1,317 @@
+"""Token-level distillation of KerasHub causal LMs: accepted as they are,
+masked, replica-correct, from raw text through the student's preprocessor."""
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_kd
+from keras_kd import cache, losses
+from keras_kd.losses import logits as logit_losses
+from tests.helpers import numpy_kl, numpy_log_softmax
+
+VOCABULARY, LENGTH = 64, 8
+
+
+def causal_lm(hidden, layers, name, vocabulary=VOCABULARY, preprocessor=None, seed=0):
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=vocabulary, num_layers=layers, num_heads=2, hidden_dim=hidden,
+        intermediate_dim=2 * hidden, max_sequence_length=16, dropout=0.0, name=f"{name}_backbone",
+    )
+    return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=preprocessor, name=name)
+
+
+def token_batch(lengths, seed=0):
+    """A right-padded batch as KerasHub preprocessors lay it out: x, y, sample_weight."""
+    rng = np.random.default_rng(seed)
+    mask = (np.arange(LENGTH)[None, :] < np.asarray(lengths)[:, None]).astype("int32")
+    ids = rng.integers(1, VOCABULARY, size=(len(lengths), LENGTH)).astype("int32") * mask
+    y = np.roll(ids, -1, axis=1) * np.roll(mask, -1, axis=1)
+    weight = np.roll(mask, -1, axis=1).astype("float32")
+    weight[:, -1] = 0.0
+    return {"token_ids": ids, "padding_mask": mask}, y, weight
+
+
+def distiller_for(loss=None, student_loss_weight=0.0, **kwargs):
+    teacher, student = causal_lm(32, 2, "teacher", seed=1), causal_lm(16, 1, "student", seed=2)
+    distiller = keras_kd.Distiller(teacher, student, loss or keras_kd.LogitsDistillation(2.0),
+                                   student_loss_weight=student_loss_weight, **kwargs)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return distiller
+
+
+def test_kerashub_causal_lms_are_accepted_as_they_are_and_the_kl_is_a_masked_mean():
+    distiller = distiller_for()
+    x, y, weight = token_batch([8, 5, 3, 1])
+    logs = distiller.test_on_batch(x, y, weight, return_dict=True)
+    expected = numpy_kl(distiller.teacher(x), distiller.student(x), 2.0, mask=weight)
+    assert logs["distillation_loss"] == pytest.approx(expected, rel=1e-4)
+    unmasked = numpy_kl(distiller.teacher(x), distiller.student(x), 2.0)
+    assert abs(unmasked - expected) > 1e-3 * expected  # padding would change it
+    agreement = (np.argmax(distiller.teacher(x), -1) == np.argmax(distiller.student(x), -1))
+    assert logs["teacher_agreement"] == pytest.approx((agreement * weight).sum() / weight.sum())
+    history = distiller.fit(x, y, sample_weight=weight, batch_size=4, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0])
+
+
+def test_what_sits_at_padded_positions_changes_nothing():
+    distiller = distiller_for(
+        [keras_kd.LogitsDistillation(2.0),
+         keras_kd.FeatureDistillation(teacher_layer_name="teacher_backbone/transformer_layer_1",
+                                      student_layer_name="student_backbone/transformer_layer_0",
+                                      projection="auto")])
+    x, y, weight = token_batch([8, 5, 3, 2])
+    garbage = dict(x, token_ids=np.where(x["padding_mask"] == 1, x["token_ids"],
+                                         np.random.default_rng(9).integers(0, VOCABULARY, x["token_ids"].shape)))
+    assert (garbage["token_ids"] != x["token_ids"]).any()
+    clean = distiller.test_on_batch(x, y, weight, return_dict=True)
+    noisy = distiller.test_on_batch(garbage, y, weight, return_dict=True)
+    for name in ("logits_distillation", "feature_distillation", "teacher_agreement"):
+        assert noisy[name] == pytest.approx(clean[name], rel=1e-6), name
+
+
+def test_the_mask_falls_back_to_the_padding_mask_without_sample_weights():
+    distiller = distiller_for()
+    x, _, _ = token_batch([8, 4, 2, 6])
+    value = distiller.test_on_batch(x, return_dict=True)["distillation_loss"]
+    expected = numpy_kl(distiller.teacher(x), distiller.student(x), 2.0, mask=x["padding_mask"])
+    assert value == pytest.approx(expected, rel=1e-5)
+
+
+def numpy_generalized_jsd(t, s, beta, temperature=1.0, mask=None):
+    log_p = numpy_log_softmax(np.asarray(t, np.float64) / temperature)
+    log_q = numpy_log_softmax(np.asarray(s, np.float64) / temperature)
+    p, q = np.exp(log_p), np.exp(log_q)
+    m = beta * p + (1 - beta) * q
+    value = beta * (p * (log_p - np.log(m))).sum(-1) + (1 - beta) * (q * (log_q - np.log(m))).sum(-1)
+    value = value * temperature**2
+    return float((value * mask).sum() / mask.sum())
+
+
+@pytest.mark.parametrize("beta", [0.5, 0.2, 0.9])
+def test_generalized_jsd_against_numpy_masked(beta):
+    distiller = distiller_for(losses.GeneralizedJSD(beta=beta, temperature=2.0))
+    x, y, weight = token_batch([8, 6, 3, 2])
+    value = distiller.test_on_batch(x, y, weight, return_dict=True)["distillation_loss"]
+    expected = numpy_generalized_jsd(distiller.teacher(x), distiller.student(x), beta, 2.0, weight)
+    # float32 cancellation: the divergence of two close distributions is ~1e-4.
+    assert value == pytest.approx(expected, rel=1e-3, abs=1e-7)
+
+
+def test_generalized_jsd_ends_are_the_two_kls_and_the_default_is_jensen_shannon():
+    rng = np.random.default_rng(0)
+    t, s = rng.normal(size=(3, 5, 7)) * 2, rng.normal(size=(3, 5, 7)) * 2
+    log_p, log_q = (logit_losses.log_softmax_at(keras.ops.array(v, "float32"), 1.0) for v in (t, s))
+    np.testing.assert_allclose(logit_losses.generalized_jsd(log_p, log_q, 0.0),
+                               logit_losses.kl_divergence(log_p, log_q), rtol=1e-6)
+    np.testing.assert_allclose(logit_losses.generalized_jsd(log_p, log_q, 1.0),
+                               logit_losses.kl_divergence(log_q, log_p), rtol=1e-6)
+    ones = np.ones((3, 5))
+    assert float(losses.GeneralizedJSD().compute_loss(keras.ops.array(t), keras.ops.array(s))) == (
+        pytest.approx(numpy_generalized_jsd(t, s, 0.5, mask=ones), rel=1e-5))
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(losses.GeneralizedJSD(beta=0.3, temperature=2.0)))
+    assert restored.beta == 0.3 and float(restored.temperature) == 2.0
+
+
+def one_step(strategy, weights, batch):
+    x, y, weight = batch
+    with strategy.scope():
+        teacher, student = causal_lm(32, 2, "teacher"), causal_lm(16, 1, "student")
+        teacher.set_weights(weights[0])
+        student.set_weights(weights[1])
+        distiller = keras_kd.Distiller(teacher, student, [
+            keras_kd.LogitsDistillation(2.0),
+            keras_kd.FeatureDistillation(teacher_layer_name="teacher_backbone/transformer_layer_1",
+                                         student_layer_name="student_backbone/transformer_layer_0",
+                                         projection="auto")], student_loss_weight=0.3)
+        distiller.compile(optimizer=keras.optimizers.SGD(0.5),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        for connector, initial in zip(distiller.connectors.values(), weights[2]):
+            connector.set_weights(initial)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y, weight)).batch(len(y))
+    logs = distiller.fit(dataset, epochs=1, verbose=0).history
+    return [w.numpy() for w in student.weights], {k: v[0] for k, v in logs.items()}
+
+
+def test_two_replicas_with_uneven_padding_update_and_log_as_one_device():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    reference = distiller_for([
+        keras_kd.LogitsDistillation(2.0),
+        keras_kd.FeatureDistillation(teacher_layer_name="teacher_backbone/transformer_layer_1",
+                                     student_layer_name="student_backbone/transformer_layer_0",
+                                     projection="auto")])
+    weights = (reference.teacher.get_weights(), reference.student.get_weights(),
+               [c.get_weights() for c in reference.connectors.values()])
+    # Replica 1 gets the first half (mostly padding), replica 2 the second.
+    batch = token_batch([2, 1, 8, 7])
+    one_weights, one_logs = one_step(tf.distribute.get_strategy(), weights, batch)
+    two_weights, two_logs = one_step(strategy, weights, batch)
+    assert max(np.abs(a - b).max() for a, b in zip(one_weights, weights[1])) > 1e-3
+    assert max(np.abs(a - b).max() for a, b in zip(one_weights, two_weights)) <= 1e-6
+    for name in ("logits_distillation", "feature_distillation", "distillation_loss", "loss"):
+        assert two_logs[name] == pytest.approx(one_logs[name], abs=1e-6), name
+
+
+def byte_preprocessor(sequence_length=LENGTH):
+    from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
+
+    _, symbols = bytes_to_unicode()
+    vocabulary = {symbol: i for i, symbol in enumerate(symbols)}
+    vocabulary["Ġt"] = len(vocabulary)  # one merge: the tokenizer needs at least one
+    vocabulary["<|endoftext|>"] = len(vocabulary)
+    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=["Ġ t"])
+    return keras_hub.models.GPT2CausalLMPreprocessor(tokenizer=tokenizer, sequence_length=sequence_length)
+
+
+def test_raw_text_goes_through_the_students_preprocessor_once_per_batch():
+    preprocessor = byte_preprocessor()
+    teacher = causal_lm(32, 1, "teacher", vocabulary=258, seed=1)
+    student = causal_lm(16, 1, "student", vocabulary=258, preprocessor=preprocessor, seed=2)
+    distiller = keras_kd.Distiller(teacher, student, keras_kd.LogitsDistillation(1.0),
+                                   student_loss_weight=0.5)
+    distiller.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    texts = ["the cat", "a long sentence here", "hi", "ok then"]
+    from_text = distiller.evaluate(texts, batch_size=4, verbose=0, return_dict=True)
+    x, y, weight = preprocessor(tf.constant(texts))
+    from_ids = distiller.test_on_batch(x, y, weight, return_dict=True)
+    for name in ("distillation_loss", "student_loss", "teacher_agreement"):
+        assert from_text[name] == pytest.approx(from_ids[name], rel=1e-6), name
+    history = distiller.fit(texts, batch_size=2, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0])
+
+
+def test_different_tokenizers_are_refused_and_padding_rows_need_truncate():
+    other = byte_preprocessor()
+    other.tokenizer = keras_hub.models.GPT2Tokenizer(
+        vocabulary={"a": 0, "b": 1, "ab": 2, "<|endoftext|>": 3}, merges=["a b"])
+    with pytest.raises(ValueError, match=r"tokenize differently: their vocabularies \(258 and 4 tokens\) "
+                                         r"first differ at token id 0"):
+        keras_kd.Distiller(causal_lm(16, 1, "teacher", vocabulary=258, preprocessor=byte_preprocessor()),
+                           causal_lm(16, 1, "student", vocabulary=258, preprocessor=other))
+    with pytest.raises(ValueError, match=r"teacher outputs 72 classes .* pass "
+                                         r"vocabulary_alignment='truncate' to the Distiller"):
+        keras_kd.Distiller(causal_lm(16, 1, "teacher", vocabulary=72), causal_lm(16, 1, "student"))
+    with pytest.raises(ValueError, match=r"`vocabulary_alignment` must be None or 'truncate'"):
+        keras_kd.Distiller(causal_lm(16, 1, "teacher"), causal_lm(16, 1, "student"),
+                           vocabulary_alignment="pad")
+
+
+def test_truncate_compares_the_shared_rows_of_the_logits():
+    teacher, student = causal_lm(32, 1, "teacher", vocabulary=72, seed=1), causal_lm(16, 1, "student")
+    distiller = keras_kd.Distiller(teacher, student, keras_kd.LogitsDistillation(2.0),
+                                   student_loss_weight=0.0, vocabulary_alignment="truncate")
+    distiller.compile(optimizer="sgd")
+    x, y, weight = token_batch([8, 4, 2, 5])
+    value = distiller.test_on_batch(x, y, weight, return_dict=True)["distillation_loss"]
+    expected = numpy_kl(np.asarray(teacher(x))[..., :VOCABULARY], student(x), 2.0, mask=weight)
+    assert value == pytest.approx(expected, rel=1e-3)  # float32: KL of two close distributions
+    assert abs(value - numpy_kl(np.asarray(teacher(x))[..., 1:VOCABULARY + 1], student(x), 2.0,
+                                mask=weight)) > 1e-2 * value  # the first rows, not any rows
+    restored = keras_kd.Distiller.from_config(distiller.get_config())
+    assert restored.vocabulary_alignment == "truncate"
+
+
+def test_the_hard_label_loss_is_skipped_at_weight_zero_and_follows_a_schedule():
+    distiller = distiller_for(student_loss_weight=0.0)
+    x, y, weight = token_batch([8, 6, 4, 2])
+    assert distiller.train_on_batch(x, y, weight, return_dict=True)["student_loss"] == 0.0
+    distiller.student_loss_weight.assign(0.5)  # what DistillationScheduler does
+    assert distiller.train_on_batch(x, y, weight, return_dict=True)["student_loss"] > 1.0
+
+
+def test_a_loss_without_a_mask_argument_is_refused_on_token_batches():
+    class NoMask(keras_kd.DistillationLoss):
+        expects_logits = True
+
+        def compute_loss(self, teacher_outputs, student_outputs):
+            return keras.ops.mean(keras.ops.square(teacher_outputs - student_outputs))
+
+    distiller = distiller_for(NoMask())
+    x, y, weight = token_batch([8, 6, 4, 2])
+    with pytest.raises(ValueError, match=r"has no `mask` or `\*\*kwargs` argument in compute_loss\(\), "
+                                         r"so padding would be averaged in"):
+        distiller.test_on_batch(x, y, weight)
+
+
+# ------------------------------------------------------ top-K teacher cache
+
+from keras_kd import lm  # noqa: E402
+
+
+def test_top_k_kl_at_k_equal_to_the_vocabulary_is_the_full_kl():
+    rng = np.random.default_rng(3)
+    t, s = rng.normal(size=(2, 5, 40)) * 3, rng.normal(size=(2, 5, 40)) * 3
+    top = lm.top_k_targets(keras.ops.array(t, "float32"), 40, dtype="float32")
+    got = np.asarray(lm.top_k_kl(top, keras.ops.array(s, "float32")))
+    log_p, log_q = numpy_log_softmax(t), numpy_log_softmax(s)
+    np.testing.assert_allclose(got, (np.exp(log_p) * (log_p - log_q)).sum(-1), rtol=1e-5, atol=1e-7)
+
+
+def numpy_top_k_gap(t, s, k):
+    """Full KL minus the K-plus-tail-bucket KL, per position, and the identity
+    that documents it: p_tail * KL(p( . | tail) || q( . | tail))."""
+    log_p, log_q = numpy_log_softmax(t), numpy_log_softmax(s)
+    p, q = np.exp(log_p), np.exp(log_q)
+    top = np.argsort(-p, axis=-1)[..., :k]
+    in_top = np.zeros_like(p, bool)
+    np.put_along_axis(in_top, top, True, axis=-1)
+    p_tail, q_tail = (p * ~in_top).sum(-1), (q * ~in_top).sum(-1)
+    full = (p * (log_p - log_q)).sum(-1)
+    bucketed = (p * in_top * (log_p - log_q)).sum(-1) + p_tail * (np.log(p_tail) - np.log(q_tail))
+    conditional = (p * ~in_top / p_tail[..., None]
+                   * (log_p - np.log(p_tail[..., None]) - log_q + np.log(q_tail[..., None]))).sum(-1)
+    return full, bucketed, p_tail * conditional
+
+
+def test_top_64_of_a_32k_vocabulary_is_within_the_documented_bound():
+    vocabulary = 32_000
+    teacher = causal_lm(16, 1, "teacher", vocabulary=vocabulary, seed=1)
+    student = causal_lm(16, 1, "student", vocabulary=vocabulary, seed=2)
+    x, _, weight = token_batch([8, 5])
+    t, s = np.asarray(teacher(x), np.float64), np.asarray(student(x), np.float64)
+    full, bucketed, gap = numpy_top_k_gap(t, s, 64)
+    exact = lm.top_k_targets(keras.ops.array(t, "float32"), 64, dtype="float32")
+    # float32 log-softmax over 32k classes: absolute error ~5e-8 on values ~2e-5.
+    np.testing.assert_allclose(lm.top_k_kl(exact, keras.ops.array(s, "float32")), bucketed, rtol=1e-3, atol=1e-7)
+    assert np.all(full - bucketed >= -1e-9)  # a lower bound of the full KL
+    np.testing.assert_allclose(full - bucketed, gap, rtol=1e-6, atol=1e-12)  # the gap, exactly
+    # float16 storage, as cached by default: within its documented rounding bound.
+    half = np.asarray(lm.top_k_kl(lm.top_k_targets(keras.ops.array(t, "float32"), 64),
+                                  keras.ops.array(s, "float32")))
+    log_p = numpy_log_softmax(t)
+    top_entropy = np.sort(-np.exp(log_p) * log_p, axis=-1)[..., -64:].sum(-1)
+    assert np.all(np.abs(half - bucketed) <= 2.0**-11 * top_entropy * 2)
+
+
+def test_distilling_from_a_top_k_cache_equals_full_kd_at_k_equal_to_the_vocabulary():
+    distiller = distiller_for(keras_kd.LogitsDistillation(1.0))
+    x, y, weight = token_batch([8, 6, 3, 2, 7, 5, 4, 1])
+    dataset = tf.data.Dataset.from_tensor_slices((x, y, weight)).batch(4)
+    full = distiller.evaluate(dataset, verbose=0, return_dict=True)
+    cached = keras_kd.cache_teacher_outputs(distiller, dataset, top_k=VOCABULARY,
+                                            top_k_dtype="float32", shuffle=False)
+    from_cache = distiller.evaluate(cached, verbose=0, return_dict=True)
+    for name in ("distillation_loss", "teacher_agreement"):
+        assert from_cache[name] == pytest.approx(full[name], rel=1e-5), name
+    small = keras_kd.cache_teacher_outputs(distiller, dataset, top_k=16, shuffle=False)
+    stored = cache.split(next(iter(small))[0])[1].logits
+    per_token = sum(np.dtype(v.dtype.as_numpy_dtype).itemsize * (v.shape[-1] if v.shape.rank == 3 else 1)
+                    for v in stored)
+    assert per_token == 6 * 16 + 2  # <= 6K + 8 bytes per token, against 4 V for float32 logits
+    assert np.isfinite(distiller.fit(small, epochs=1, verbose=0).history["loss"][0])
+
+
+def test_a_top_k_cache_refuses_other_losses_and_temperatures():
+    x, y, weight = token_batch([8, 6, 3, 2])
+    dataset = tf.data.Dataset.from_tensor_slices((x, y, weight)).batch(4)
+    for loss, message in ((losses.ReverseKL(), r"supports the forward KL .* only"),
+                          (keras_kd.LogitsDistillation(2.0), r"temperature 1")):
+        distiller = distiller_for(loss)
+        cached = keras_kd.cache_teacher_outputs(distiller, dataset, top_k=8)
+        with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match=message):
+            distiller.evaluate(cached, verbose=0)
