@@ -50,8 +50,7 @@ def tokenizer():
     """A byte-level GPT-2 tokenizer built in memory: one token per UTF-8 byte.
 
     The vocabulary is GPT-2's 256 byte symbols (ids 0-255, in the order of
-    `bytes_to_unicode`), `"<|endoftext|>"` (id 256, the start and padding
-    token) and the never-produced symbol `"ÀÀ"` (id 257) of the single merge
+    `bytes_to_unicode`), `"<|endoftext|>"` (id 256, the start token) and the never-produced symbol `"ÀÀ"` (id 257) of the single merge
     rule KerasHub requires, so every UTF-8 byte of the text is one token.
 
     Returns:
@@ -60,7 +59,7 @@ def tokenizer():
     Example:
 
     ```python
-    keras_kd.demo_lm.tokenizer()("héllo")  # [72, 102, 221, 102, 102, 105]...
+    keras_kd.demo_lm.tokenizer()("héllo")  # [71, 127, 102, 75, 75, 78]: 6 bytes
     ```
     """
     import keras_hub
@@ -78,7 +77,7 @@ def preprocessor(sequence_length=SEQUENCE_LENGTH):
     """The causal-LM preprocessor: strings to `(x, y, sample_weight)`.
 
     Each string becomes `"<|endoftext|>"` followed by its bytes, right-padded
-    to `sequence_length + 1` tokens; `x` is
+    (id 0, weight 0) to `sequence_length + 1` tokens; `x` is
     `{"token_ids", "padding_mask"}` without the last token, `y` the next
     tokens and `sample_weight` 1 where `y` is a byte of the text, 0 on
     padding. No end token is appended, so the tokens predicted are exactly
