@@ -154,14 +154,19 @@ def table(best, results, seconds):
     )
 
 
+def measure(seeds):
+    """Runs the benchmark; returns its text: machine, tables, wall time."""
+    start = time.perf_counter()
+    best, results = run(seeds)
+    return f"{common.machine()}\n{table(best, results, time.perf_counter() - start)}"
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0, 1, ... N-1")
     parser.add_argument("--output", default=RESULTS, help="also write the tables here")
     args = parser.parse_args()
-    start = time.perf_counter()
-    best, results = run(args.seeds)
-    text = f"{common.machine()}\n{table(best, results, time.perf_counter() - start)}"
+    text = measure(args.seeds)
     print(text)
     with open(args.output, "w") as file:
         file.write(text + "\n")
