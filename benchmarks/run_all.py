@@ -4,14 +4,16 @@
                                  [--accuracy-seeds 0 1 2] [--accuracy-epochs 300]
 
 Takes about 10 minutes on 2 CPU cores; the accuracy table is read from the
-accuracy benchmark's last results unless --rerun-accuracy (30 more minutes).
+accuracy benchmark's last results unless --rerun-accuracy (30 more minutes),
+the language-model table from `python -m benchmarks.lm`'s (about an hour; run
+here only when its results file is missing).
 """
 
 import argparse
 import datetime
 import os
 
-from benchmarks import accuracy, cache, common, correctness, step_time
+from benchmarks import accuracy, cache, common, correctness, lm, step_time
 
 
 def main():
@@ -34,6 +36,14 @@ def main():
             accuracy_text = file.read().strip()
         accuracy_source = f"as last written to `{accuracy.RESULTS}` by `python -m benchmarks.accuracy`"
 
+    if os.path.exists(lm.RESULTS):
+        with open(lm.RESULTS) as file:
+            lm_text = file.read().strip()
+        lm_source = f"as last written to `{lm.RESULTS}` by `python -m benchmarks.lm`"
+    else:
+        lm_text = lm.measure(3)
+        lm_source = "measured now"
+
     sections = [
         "# Benchmarks: keras_kd and keras.distillation side by side",
         f"Measured {datetime.date.today()} on {common.machine()}. "
@@ -54,6 +64,9 @@ def main():
         "## Accuracy on MNIST-1D (`python -m benchmarks.accuracy`)",
         f"Test accuracy of the student (teacher in the first row), {accuracy_source}:",
         accuracy_text,
+        "## Language models: held-out bits per byte (`python -m benchmarks.lm`)",
+        f"Byte-level GPT-2-style LMs (KerasHub) on the standard library's docstrings, {lm_source}:",
+        lm_text,
     ]
     with open(args.output, "w") as file:
         file.write("\n\n".join(sections) + "\n")

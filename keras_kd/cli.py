@@ -123,12 +123,18 @@ def build_parser():
 
     demo = command(
         "demo",
-        "train a teacher, a student from labels and a distilled student on "
-        "MNIST-1D, and compare them",
+        "train a teacher, a student from labels and distilled students, and compare them: "
+        "on MNIST-1D (classification) or on the standard library's docstrings (lm)",
+    )
+    demo.add_argument(
+        "task", nargs="?", choices=("classification", "lm"), default="classification",
+        help="classification: 1-D CNNs on MNIST-1D, test accuracy and an int8 student; "
+        "lm: GPT-2-style byte-level language models (KerasHub), held-out bits per byte",
     )
     demo.add_argument(
         "--output", default=None,
-        help="folder for the models, TensorBoard logs and student files "
+        help="folder for the models, TensorBoard logs and student files; for lm, "
+        "kd_output_lm, or kd_output_lm_quick with --quick "
         "(default: kd_output, or kd_output_quick with --quick)",
     )
     demo.add_argument(
@@ -137,7 +143,7 @@ def build_parser():
     )
     demo.add_argument(
         "--epochs", type=count, default=None,
-        help="epochs per model (default: the recipe's, or 3 with --quick)",
+        help="epochs per model, classification only (default: the recipe's, or 3 with --quick)",
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed")
 
@@ -233,7 +239,16 @@ def main(argv=None):
     """
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "demo":
+        if args.command == "demo" and args.task == "lm":
+            from keras_kd import demo_lm
+
+            if args.epochs is not None:
+                raise UsageError(
+                    f"--epochs is the classification demo's; `keras-kd demo lm` trains the teacher "
+                    f"{demo_lm.TEACHER_EPOCHS} epochs and every student {demo_lm.STUDENT_EPOCHS} "
+                    f"({demo_lm.QUICK_EPOCHS} with --quick)")
+            demo_lm.run(output=args.output, quick=args.quick, seed=args.seed)
+        elif args.command == "demo":
             from keras_kd import demo
 
             demo.run(output=args.output, quick=args.quick, epochs=args.epochs, seed=args.seed)

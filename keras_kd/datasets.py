@@ -1,7 +1,10 @@
 """Data sets made or shipped locally, for the demo, the CLI and the benchmarks."""
 
+import ast
 import os
+import sysconfig
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -44,6 +47,72 @@ def mnist1d(seed=42, samples=5000):
         (features(data["x"]), np.asarray(data["y"], dtype="int32")),
         (features(data["x_test"]), np.asarray(data["y_test"], dtype="int32")),
     )
+
+
+def stdlib_docstrings(validation=0.1, test=0.1, root=None):
+    """Docstrings of Python's standard library, split by module (no download).
+
+    Each top-level module of the standard library (the `.py` files directly
+    in `root`: `argparse`, `collections`'s siblings such as `csv`, `os`, ...;
+    packages and their tests are not read) is parsed with `ast`, never
+    imported, and its docstrings are gathered in the order of `ast.walk`:
+    the module's, then its classes' and functions' (`ast.get_docstring`,
+    indentation cleaned). A module goes whole to one split, chosen from the CRC-32 of its
+    name, so the split is deterministic across runs, machines and Python
+    builds, and the test modules are unseen in training. Modules are read in
+    sorted order. Python 3.11's 168 top-level modules give 0.89 M characters
+    of docstrings; with the default shares, 19 modules (122 k characters)
+    are the test split and 14 (146 k) the validation split.
+
+    Args:
+        validation: the share of modules in the validation split.
+        test: the share of modules in the test split.
+        root: the folder of the standard library; defaults to
+            `sysconfig.get_paths()["stdlib"]`.
+
+    Returns:
+        `(train, validation, test)`: three lists of docstrings (str), each
+        in module order.
+
+    Raises:
+        ValueError: if the shares are not in [0, 1) or sum to 1 or more, or
+            if `root` holds no Python file with a docstring.
+
+    Example:
+
+    ```python
+    train, validation, test = keras_kd.datasets.stdlib_docstrings()
+    ```
+    """
+    if not (0 <= validation < 1 and 0 <= test < 1 and validation + test < 1):
+        raise ValueError(f"`validation` and `test` are shares of the modules in [0, 1) whose sum is "
+                         f"below 1; received validation={validation!r}, test={test!r}.")
+    root = root or sysconfig.get_paths()["stdlib"]
+    splits = ([], [], [])
+    modules = 0
+    for name in sorted(os.listdir(root)):
+        module = name[:-3]
+        path = os.path.join(root, name)
+        if not name.endswith(".py") or not os.path.isfile(path):
+            continue
+        with open(path, "rb") as file:
+            try:
+                tree = ast.parse(file.read(), filename=path)
+            except SyntaxError:  # e.g. a file for another Python version
+                continue
+        documented = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+        docstrings = [doc for node in ast.walk(tree) if isinstance(node, documented)
+                      for doc in [ast.get_docstring(node)] if doc]
+        if not docstrings:
+            continue
+        modules += 1
+        share = zlib.crc32(module.encode()) / 2**32
+        split = 2 if share < test else 1 if share < test + validation else 0
+        splits[split].extend(docstrings)
+    if not modules:
+        raise ValueError(f"No Python file with a docstring in {root!r}: pass the folder of the "
+                         f"standard library (sysconfig.get_paths()['stdlib']).")
+    return splits
 
 
 def split_validation(x, y, fraction=0.1, seed=0):

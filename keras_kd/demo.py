@@ -222,7 +222,7 @@ def accuracy(model, x, y):
 def format_table(rows):
     """The demo's table as text."""
     header = ("model", "test accuracy", "parameters", "size on disk", "training time")
-    lines = [
+    return text_table(header, [
         (
             row["model"],
             f"{100 * row['accuracy']:.1f}%",
@@ -231,7 +231,19 @@ def format_table(rows):
             "-" if row["seconds"] is None else f"{row['seconds']:.1f} s",
         )
         for row in rows
-    ]
+    ])
+
+
+def text_table(header, lines):
+    """A plain-text table: the first column left-aligned, the others right.
+
+    Args:
+        header: the column titles.
+        lines: rows of cells (str), as many as `header` has.
+
+    Returns:
+        The table as one string: header, a rule, the rows.
+    """
     widths = [max(len(str(c)) for c in column) for column in zip(header, *lines)]
     def fmt(cells):
         return "  ".join(

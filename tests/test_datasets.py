@@ -57,3 +57,44 @@ def test_npz_reads_its_arrays_and_refuses_other_files(tmp_path):
     np.savez(tmp_path / "s.npz", x=np.array(["a", "b"]))
     with pytest.raises(ValueError, match=r"Array 'x' in .* has dtype <U1, not numbers"):
         datasets.npz(tmp_path / "s.npz")
+
+
+def _module(folder, name, text):
+    (folder / f"{name}.py").write_text(text, encoding="utf-8")
+
+
+def test_stdlib_docstrings_splits_whole_modules_by_name_deterministically(tmp_path):
+    for i in range(40):
+        _module(tmp_path, f"mod{i}", f'"""Module {i}."""\n\nclass C:\n    """Class {i}."""\n\n'
+                                     f'    def f(self):\n        """Function {i}.\n\n        Indented."""\n')
+    _module(tmp_path, "nodoc", "x = 1\n")
+    _module(tmp_path, "broken", "def (:\n")
+    (tmp_path / "package").mkdir()
+    _module(tmp_path / "package", "__init__", '"""A package: not read."""\n')
+    splits = datasets.stdlib_docstrings(validation=0.2, test=0.2, root=str(tmp_path))
+    assert splits == datasets.stdlib_docstrings(validation=0.2, test=0.2, root=str(tmp_path))
+    modules = [{doc.split()[1].rstrip(".") for doc in split if doc.startswith("Module")} for split in splits]
+    assert all(modules) and sum(len(m) for m in modules) == 40
+    assert not (modules[0] & modules[1] or modules[0] & modules[2] or modules[1] & modules[2])
+    for split, names in zip(splits, modules):  # a module's docstrings go together, cleaned
+        expected = [[f"Module {i}.", f"Class {i}.", f"Function {i}.\n\nIndented."] for i in names]
+        assert sorted(split) == sorted(sum(expected, []))
+    everything = datasets.stdlib_docstrings(validation=0, test=0, root=str(tmp_path))
+    assert everything[1:] == ([], []) and sorted(everything[0]) == sorted(sum(splits, []))
+
+
+def test_stdlib_docstrings_of_this_python_are_non_empty():
+    train, validation, test = datasets.stdlib_docstrings()
+    assert len(train) > 1000 and len(validation) > 100 and len(test) > 100
+    assert sum(map(len, train)) > 4 * sum(map(len, test)) > 0
+
+
+@pytest.mark.parametrize("shares", [(-0.1, 0.1), (0.5, 0.5), (0.1, 1.0)])
+def test_stdlib_docstrings_refuses_shares_outside_0_1(shares):
+    with pytest.raises(ValueError, match=r"shares of the modules in \[0, 1\) whose sum is below 1"):
+        datasets.stdlib_docstrings(*shares)
+
+
+def test_stdlib_docstrings_refuses_a_folder_without_python(tmp_path):
+    with pytest.raises(ValueError, match="No Python file with a docstring in .*sysconfig"):
+        datasets.stdlib_docstrings(root=str(tmp_path))

@@ -1,0 +1,447 @@
+"""`keras-kd demo lm`: a GPT-2-style teacher, a student from labels and
+distilled students on the docstrings of Python's standard library, compared
+by held-out bits per byte.
+
+Everything is built in memory: the text is read from the installed standard
+library (`keras_kd.datasets.stdlib_docstrings`), the tokenizer is KerasHub's
+GPT-2 tokenizer over the 256 byte symbols, and the models are KerasHub
+`GPT2CausalLM`s built from constructor arguments. Nothing is downloaded.
+"""
+
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_kd import datasets
+from keras_kd.demo import text_table
+from keras_kd.distiller import Distiller
+from keras_kd.losses.logits import LogitsDistillation
+
+OUTPUT = "kd_output_lm"
+QUICK_OUTPUT = "kd_output_lm_quick"  # never over a full run's files
+SEQUENCE_LENGTH = 128
+BATCH_SIZE = 32
+LEARNING_RATE = 2e-3
+WARMUP_STEPS = 100
+TEACHER_EPOCHS = 4
+STUDENT_EPOCHS = 3
+QUICK_DOCSTRINGS = 64
+QUICK_EPOCHS = 1
+TEMPERATURE = 1.0
+STUDENT_LOSS_WEIGHT = 0.5
+TEACHER = {"num_layers": 4, "num_heads": 4, "hidden_dim": 128, "intermediate_dim": 512}
+STUDENT = {"num_layers": 2, "num_heads": 3, "hidden_dim": 96, "intermediate_dim": 256}
+QUICK_TEACHER = {"num_layers": 1, "num_heads": 2, "hidden_dim": 32, "intermediate_dim": 64}
+QUICK_STUDENT = {"num_layers": 1, "num_heads": 1, "hidden_dim": 16, "intermediate_dim": 32}
+"""--quick's models: one layer each, for a run of seconds (most of it tracing)."""
+END_OF_TEXT = "<|endoftext|>"
+NEVER_MERGED = "À"
+"""The byte 0xC0 as a GPT-2 byte symbol. It never occurs in UTF-8 text, so
+the one merge rule `"À À"` never applies (keras-hub 0.32 cannot build a
+BytePairTokenizer without merges: an empty list becomes a float32 tensor,
+`NotFoundError: ... HashTableV2 ... key_dtype=DT_FLOAT`)."""
+
+
+def tokenizer():
+    """A byte-level GPT-2 tokenizer built in memory: one token per UTF-8 byte.
+
+    The vocabulary is GPT-2's 256 byte symbols (ids 0-255, in the order of
+    `bytes_to_unicode`), `"<|endoftext|>"` (id 256, the start token) and the never-produced symbol `"ÀÀ"` (id 257) of the single merge
+    rule KerasHub requires, so every UTF-8 byte of the text is one token.
+
+    Returns:
+        A `keras_hub.models.GPT2Tokenizer` with a vocabulary of 258.
+
+    Example:
+
+    ```python
+    keras_kd.demo_lm.tokenizer()("héllo")  # [71, 127, 102, 75, 75, 78]: 6 bytes
+    ```
+    """
+    import keras_hub
+    from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
+
+    _, symbols = bytes_to_unicode()
+    vocabulary = {symbol: i for i, symbol in enumerate(symbols)}
+    vocabulary[END_OF_TEXT] = len(vocabulary)
+    vocabulary[NEVER_MERGED * 2] = len(vocabulary)
+    return keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary,
+                                          merges=[f"{NEVER_MERGED} {NEVER_MERGED}"])
+
+
+def preprocessor(sequence_length=SEQUENCE_LENGTH):
+    """The causal-LM preprocessor: strings to `(x, y, sample_weight)`.
+
+    Each string becomes `"<|endoftext|>"` followed by its bytes, right-padded
+    (id 0, weight 0) to `sequence_length + 1` tokens; `x` is
+    `{"token_ids", "padding_mask"}` without the last token, `y` the next
+    tokens and `sample_weight` 1 where `y` is a byte of the text, 0 on
+    padding. No end token is appended, so the tokens predicted are exactly
+    the text's bytes.
+
+    Args:
+        sequence_length: tokens per row of `x`; longer strings are truncated
+            (`pieces` cuts the text to fit).
+
+    Returns:
+        A `keras_hub.models.GPT2CausalLMPreprocessor`.
+    """
+    import keras_hub
+
+    return keras_hub.models.GPT2CausalLMPreprocessor(
+        tokenizer=tokenizer(), sequence_length=sequence_length, add_end_token=False)
+
+
+def pieces(texts, max_bytes=SEQUENCE_LENGTH):
+    """Cuts texts into pieces of at most `max_bytes` UTF-8 bytes.
+
+    A piece ends at a line end where one fits; a line longer than
+    `max_bytes` is cut between characters. Nothing is dropped or reordered:
+    the pieces of a text joined again give the text.
+
+    Args:
+        texts: strings.
+        max_bytes: the longest piece, in UTF-8 bytes.
+
+    Returns:
+        A list of non-empty strings.
+    """
+    result = []
+    for text in texts:
+        current = ""
+        for line in text.splitlines(keepends=True):
+            while len(line.encode()) > max_bytes:
+                if current:
+                    result.append(current)
+                    current = ""
+                cut = max_bytes
+                while len(line[:cut].encode()) > max_bytes:
+                    cut -= 1
+                result.append(line[:cut])
+                line = line[cut:]
+            if len((current + line).encode()) > max_bytes:
+                result.append(current)
+                current = line
+            else:
+                current += line
+        if current:
+            result.append(current)
+    return result
+
+
+def batches(texts, preprocess, batch_size=BATCH_SIZE, seed=None):
+    """Tokenized `(x, y, sample_weight)` batches of `texts`.
+
+    The texts are tokenized once, up front. For training (`seed` given),
+    each epoch reshuffles the rows. For evaluation (`seed=None`), the rows
+    keep their order and the last batch is filled up with empty rows (all
+    padding, `sample_weight` 0, so they count for nothing), so that every
+    batch has one shape and a model's predict step is traced once.
+
+    Args:
+        texts: strings, each at most the preprocessor's sequence length in
+            bytes (see `pieces`).
+        preprocess: a causal-LM preprocessor (see `preprocessor`).
+        batch_size: rows per batch.
+        seed: the shuffle's seed; None for evaluation.
+
+    Returns:
+        A `tf.data.Dataset` of `({"token_ids", "padding_mask"}, y,
+        sample_weight)`.
+    """
+    texts = list(texts)
+    if seed is None:
+        texts += [""] * (-len(texts) % batch_size)
+    rows = tf.data.Dataset.from_tensor_slices(texts).batch(1024).map(preprocess)
+    arrays = [tf.concat(parts, axis=0) for parts in zip(*[tf.nest.flatten(b) for b in rows])]
+    structure = next(iter(rows))
+    dataset = tf.data.Dataset.from_tensor_slices(tf.nest.pack_sequence_as(structure, arrays))
+    if seed is not None:
+        dataset = dataset.shuffle(len(texts), seed=seed)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def language_model(config, name, vocabulary_size=258, sequence_length=SEQUENCE_LENGTH):
+    """A GPT-2-style causal LM built from constructor arguments (no preset).
+
+    Args:
+        config: `GPT2Backbone` arguments: `num_layers`, `num_heads`,
+            `hidden_dim`, `intermediate_dim`.
+        name: the model's name.
+        vocabulary_size: the tokenizer's vocabulary.
+        sequence_length: the longest input.
+
+    Returns:
+        A `keras_hub.models.GPT2CausalLM` without preprocessor: it takes
+        `{"token_ids", "padding_mask"}` and returns logits of shape
+        `(batch, sequence, vocabulary_size)`.
+    """
+    import keras_hub
+
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=vocabulary_size, max_sequence_length=sequence_length, dropout=0.0, **config)
+    return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None, name=name)
+
+
+def teacher_model(quick=False):
+    """The demo's teacher: 4 layers of width 128 (843k weights); with
+    `quick`, 1 layer of width 32."""
+    return language_model(QUICK_TEACHER if quick else TEACHER, "teacher")
+
+
+def student_model(quick=False):
+    """The demo's student: 2 layers of width 96 (212k weights, 4.0x fewer);
+    with `quick`, 1 layer of width 16."""
+    return language_model(QUICK_STUDENT if quick else STUDENT, "student")
+
+
+def optimizer(steps):
+    """Adam: linear warm-up to the learning rate (`WARMUP_STEPS`, at most a
+    quarter of the run), then cosine decay to 0 at step `steps`."""
+    warmup = min(WARMUP_STEPS, steps // 4)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, steps - warmup, warmup_target=LEARNING_RATE, warmup_steps=warmup)
+    return keras.optimizers.Adam(schedule)
+
+
+def next_token_loss():
+    """Cross-entropy of the next token, from logits: its mean over real tokens.
+
+    `reduction="mean_with_sample_weight"` divides by the sum of the batch's
+    `sample_weight` (its real tokens); Keras's default divides by every
+    position, padding included, which scales each batch by its share of
+    real tokens.
+    """
+    return keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction="mean_with_sample_weight")
+
+
+def train_on_labels(model, data, epochs, callbacks=(), verbose="auto"):
+    """Trains `model` on next-token labels alone; returns it."""
+    model.compile(optimizer(epochs * len(data)), next_token_loss())
+    model.fit(data, epochs=epochs, callbacks=list(callbacks), shuffle=False, verbose=verbose)
+    return model
+
+
+def keras_distiller(teacher, student, steps):
+    """keras.distillation's Distiller in its correct configuration for logits.
+
+    `LogitsDistillation(loss=keras.losses.KLDivergence())` (an instance, so
+    that it applies the softmax), T=1, half labels. It averages both terms
+    over every position of the `(batch, sequence, vocabulary)` logits,
+    padding included: its `compute_loss` does not use `sample_weight`.
+    """
+    distiller = keras.distillation.Distiller(
+        teacher=teacher,
+        student=student,
+        distillation_losses=keras.distillation.LogitsDistillation(
+            temperature=TEMPERATURE, loss=keras.losses.KLDivergence()),
+        student_loss_weight=STUDENT_LOSS_WEIGHT,
+    )
+    distiller.compile(optimizer=optimizer(steps), loss=next_token_loss())
+    return distiller
+
+
+def keras_kd_distiller(teacher, student, steps, loss=None):
+    """keras_kd's Distiller for a causal LM: masked token-level KD.
+
+    The token mask is the batch's `sample_weight`; every token-level term
+    is a mean over real tokens only.
+
+    Args:
+        teacher: the trained teacher LM.
+        student: the student LM.
+        steps: optimizer steps of the whole run (for the schedule).
+        loss: the distillation loss; defaults to the recipe's forward KL,
+            `LogitsDistillation(temperature=1.0)`.
+
+    Returns:
+        A compiled `keras_kd.Distiller` taking `(x, y, sample_weight)`.
+
+    Reference:
+        Hinton et al., "Distilling the Knowledge in a Neural Network",
+        arXiv:1503.02531; Kim & Rush, "Sequence-Level Knowledge
+        Distillation" (word-level KD), EMNLP 2016, arXiv:1606.07947.
+    """
+    distiller = Distiller(
+        teacher, student, loss or LogitsDistillation(temperature=TEMPERATURE),
+        student_loss_weight=STUDENT_LOSS_WEIGHT,
+    )
+    distiller.compile(optimizer(steps), next_token_loss())
+    return distiller
+
+
+def token_nll(logits, targets, mask):
+    """Summed negative log-likelihood of the targets over real tokens.
+
+    Args:
+        logits: `(batch, sequence, vocabulary)`.
+        targets: `(batch, sequence)` token ids.
+        mask: `(batch, sequence)`, 1 for real tokens and 0 for padding.
+
+    Returns:
+        `(nats, tokens)`: the summed NLL in nats over the tokens where
+        `mask` is 1, and their number, as float64 NumPy scalars.
+    """
+    log_probs = keras.ops.log_softmax(keras.ops.cast(logits, "float32"), axis=-1)
+    picked = keras.ops.take_along_axis(log_probs, keras.ops.expand_dims(targets, -1), axis=-1)[..., 0]
+    mask = keras.ops.cast(mask, "float32")
+    nats = -keras.ops.sum(picked * mask)
+    return np.float64(keras.ops.convert_to_numpy(nats)), np.float64(keras.ops.convert_to_numpy(keras.ops.sum(mask)))
+
+
+def bits_per_byte(model, data):
+    """Held-out bits per byte of a byte-level LM.
+
+    The NLL summed over every real (unpadded) target token of `data`,
+    divided by `ln 2` times the number of bytes. With one token per byte
+    (see `tokenizer`) the bytes are the real tokens, so this is the mean NLL
+    over real tokens in bits; padding never counts.
+
+    Args:
+        model: a causal LM taking `x` and returning logits.
+        data: `(x, y, sample_weight)` batches (see `batches`).
+
+    Returns:
+        Bits per byte, a float.
+    """
+    nats = tokens = 0.0
+    for x, y, mask in data:
+        batch_nats, batch_tokens = token_nll(model.predict_on_batch(x), y, mask)
+        nats += batch_nats
+        tokens += batch_tokens
+    return nats / (math.log(2) * tokens)
+
+
+def load_splits(quick=False, sequence_length=SEQUENCE_LENGTH):
+    """The demo's text: train, validation and test pieces of the docstrings.
+
+    Each split's docstrings, in module order, are joined by blank lines and
+    cut at line ends into pieces of at most `sequence_length` bytes (about
+    100 bytes on average, so a quarter of the positions are padding).
+    Joined, short docstrings share a row with their neighbours of the same
+    module instead of each filling a mostly padded row of its own.
+
+    Args:
+        quick: only the first `QUICK_DOCSTRINGS` docstrings of each split.
+        sequence_length: the longest piece, in bytes.
+
+    Returns:
+        `(train, validation, test)` lists of pieces (see `pieces`).
+    """
+    splits = datasets.stdlib_docstrings()
+    if quick:
+        splits = [split[:QUICK_DOCSTRINGS] for split in splits]
+    return tuple(pieces(["\n\n".join(split)], sequence_length) for split in splits)
+
+
+def run(output=None, quick=False, seed=0):
+    """Trains the teacher and the students, prints the table and writes the files.
+
+    Rows: the teacher (next-token labels, `TEACHER_EPOCHS` epochs); the
+    student from labels alone; the student distilled by
+    keras.distillation (`keras_distiller`) and by keras_kd
+    (`keras_kd_distiller`). Every student row takes the same
+    `STUDENT_EPOCHS` epochs of the same batches, so the same number of
+    optimizer steps. Each model is scored on the test modules, which no
+    model saw.
+
+    Args:
+        output: folder for `teacher.keras`, `student_alone.keras`,
+            `student_keras_distillation.keras`, `student.keras` (each with
+            its preprocessor, so `generate("...")` works after
+            `keras.models.load_model`) and `logs/` (TensorBoard: one run
+            per model); defaults to `kd_output_lm`, or
+            `kd_output_lm_quick` with `quick`.
+        quick: one epoch of one-layer models on a few docstrings, for a
+            smoke test: the table says its numbers are not results.
+        seed: random seed of the weights and of the batch order.
+
+    Returns:
+        The table's rows, one dict per model: `model`, `bits_per_byte`,
+        `parameters`, `seconds`.
+    """
+    output = output or (QUICK_OUTPUT if quick else OUTPUT)
+    teacher_epochs, student_epochs = (QUICK_EPOCHS, QUICK_EPOCHS) if quick else (
+        TEACHER_EPOCHS, STUDENT_EPOCHS)
+    train, _, test = load_splits(quick)
+    preprocess = preprocessor()
+    train_data = batches(train, preprocess, seed=seed)
+    test_data = batches(test, preprocess)
+    student_steps = student_epochs * len(train_data)
+    os.makedirs(output, exist_ok=True)
+    logs = os.path.join(output, "logs")
+    print(f"== {len(train)} training pieces, {len(test)} test pieces of at most "
+          f"{SEQUENCE_LENGTH} bytes, batch {BATCH_SIZE}")
+
+    def fresh(builder):
+        keras.utils.set_random_seed(seed)
+        return builder(quick)
+
+    def board(run_name):
+        return keras.callbacks.TensorBoard(os.path.join(logs, run_name))
+
+    rows = []
+
+    def record(name, model, file_name, start):
+        seconds = time.perf_counter() - start
+        save_with_preprocessor(model, preprocess, os.path.join(output, file_name))
+        rows.append({"model": name, "bits_per_byte": bits_per_byte(model, test_data),
+                     "parameters": model.count_params(), "seconds": seconds})
+
+    print(f"== teacher: {epochs(teacher_epochs)} on next-token labels")
+    start = time.perf_counter()
+    teacher = train_on_labels(fresh(teacher_model), train_data, teacher_epochs, [board("teacher")])
+    record("teacher", teacher, "teacher.keras", start)
+
+    print(f"== student from labels alone: {epochs(student_epochs)}")
+    start = time.perf_counter()
+    alone = train_on_labels(fresh(student_model), train_data, student_epochs, [board("student_alone")])
+    record("student, labels alone", alone, "student_alone.keras", start)
+
+    for title, name, file_name, make in (
+        ("keras.distillation, KLDivergence(), T=1, half labels (padding averaged in)",
+         "student, keras.distillation", "student_keras_distillation.keras", keras_distiller),
+        ("keras_kd, forward KL, T=1, half labels, real tokens only",
+         "student, keras_kd", "student.keras", keras_kd_distiller),
+    ):
+        print(f"== student distilled by {title}: {epochs(student_epochs)}")
+        student = fresh(student_model)
+        start = time.perf_counter()
+        distiller = make(teacher, student, student_steps)
+        distiller.fit(train_data, epochs=student_epochs, callbacks=[board(file_name[:-6])],
+                      shuffle=False)
+        record(name, student, file_name, start)
+
+    print()
+    print(format_table(rows))
+    if quick:
+        print(f"Quick run (one-layer models, {len(train)} pieces, {epochs(student_epochs)}): a smoke test of the "
+              f"pipeline, not results. Run `keras-kd demo lm` without --quick for the comparison.")
+    print(f"\nFiles in {output}/; TensorBoard: tensorboard --logdir {logs}")
+    return rows
+
+
+def epochs(count):
+    """`count` epochs, in words."""
+    return f"{count} epoch" + ("" if count == 1 else "s")
+
+
+def save_with_preprocessor(model, preprocess, path):
+    """Saves an LM's weights with the preprocessor, ready for `generate()`."""
+    import keras_hub
+
+    keras_hub.models.GPT2CausalLM(backbone=model.backbone, preprocessor=preprocess).save(path)
+
+
+def format_table(rows):
+    """The table of `run` as text."""
+    header = ("model", "test bits per byte", "parameters", "training time")
+    return text_table(header, [
+        (row["model"], f"{row['bits_per_byte']:.3f}", f"{row['parameters']:,}", f"{row['seconds']:.1f} s")
+        for row in rows
+    ])
