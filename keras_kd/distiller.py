@@ -9,7 +9,7 @@ from keras import ops
 
 from keras_kd import _keras_compat, _validation, augment, cache, lm, taps
 from keras_kd._validation import as_float, check_number
-from keras_kd.losses.base import masked_mean
+from keras_kd.losses.base import global_token_count, masked_mean
 from keras_kd.losses.logits import LogitsDistillation, mixture_logits
 
 
@@ -345,36 +345,40 @@ class Distiller(keras.Model):
                 )
             x, targets = self._augment(x, targets)
         teacher_outputs = self._teacher_outputs(x, cached)
-        with tf.GradientTape() as tape:
-            student_outputs = self._student_view(x, training=True)
-            terms = self._objective(
-                x, targets, sample_weight, teacher_outputs, student_outputs, True
+        mask = lm.token_mask(x, sample_weight, teacher_outputs.logits)
+        with global_token_count(mask):  # one all-reduce of the token count per step
+            with tf.GradientTape() as tape:
+                student_outputs = self._student_view(x, training=True)
+                terms = self._objective(
+                    targets, sample_weight, teacher_outputs, student_outputs, True, mask
+                )
+                # apply_gradients sums over replicas: each replica contributes
+                # its share of the global mean.
+                loss = _scaled(terms["loss"])
+                loss = self.optimizer.scale_loss(loss)
+            variables = self.trainable_variables
+            gradients = tape.gradient(loss, variables)
+            self.optimizer.apply_gradients(zip(gradients, variables))
+            return self._update_metrics(
+                terms, x, targets, teacher_outputs, student_outputs, sample_weight, mask
             )
-            # apply_gradients sums over replicas: each replica contributes
-            # its share of the global mean.
-            loss = _scaled(terms["loss"])
-            loss = self.optimizer.scale_loss(loss)
-        variables = self.trainable_variables
-        gradients = tape.gradient(loss, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
-        return self._update_metrics(
-            terms, x, targets, teacher_outputs, student_outputs, sample_weight
-        )
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         x, cached = cache.split(x)
         teacher_outputs = self._teacher_outputs(x, cached)
-        student_outputs = self._student_view(x, training=False)
-        terms = self._objective(
-            x, _targets(y), sample_weight, teacher_outputs, student_outputs, False
-        )
-        return self._update_metrics(
-            terms, x, _targets(y), teacher_outputs, student_outputs, sample_weight
-        )
+        mask = lm.token_mask(x, sample_weight, teacher_outputs.logits)
+        with global_token_count(mask):
+            student_outputs = self._student_view(x, training=False)
+            terms = self._objective(
+                _targets(y), sample_weight, teacher_outputs, student_outputs, False, mask
+            )
+            return self._update_metrics(
+                terms, x, _targets(y), teacher_outputs, student_outputs, sample_weight, mask
+            )
 
     def _objective(
-        self, x, targets, sample_weight, teacher_outputs, student_outputs, training
+        self, targets, sample_weight, teacher_outputs, student_outputs, training, mask
     ):
         """Every term of the objective, per replica, before any scaling.
 
@@ -411,7 +415,6 @@ class Distiller(keras.Model):
         else:
             student_loss = hard_label_loss()
         terms = {"student_loss": student_loss}
-        mask = lm.token_mask(x, sample_weight, student_outputs.output)
         weighted = []
         for term, loss_weight in zip(self._terms, self.distillation_loss_weights):
             terms[term.name] = self._term_value(
@@ -540,9 +543,8 @@ class Distiller(keras.Model):
         same = tf.argmax(teacher, axis=-1) == tf.argmax(student, axis=-1)
         return masked_mean(ops.cast(same, "float32"), mask)
 
-    def _update_metrics(self, terms, x, targets, teacher_outputs, student_outputs, sample_weight):
+    def _update_metrics(self, terms, x, targets, teacher_outputs, student_outputs, sample_weight, mask):
         batch_size = ops.cast(ops.shape(keras.tree.flatten(x)[0])[0], "float32")
-        mask = lm.token_mask(x, sample_weight, student_outputs.output)
         terms = dict(
             terms, teacher_agreement=self._teacher_agreement(teacher_outputs, student_outputs, mask)
         )

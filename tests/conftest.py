@@ -15,6 +15,17 @@ tf.config.set_logical_device_configuration(
 )
 
 
+@pytest.fixture(scope="session")
+def two_replicas():
+    """One MirroredStrategy on the two logical CPUs, shared by every test.
+
+    TensorFlow numbers collective ops per strategy: a second strategy on the
+    same devices in one process reuses the first one's instance keys and its
+    gradient all-reduce fails ("Shape mismatch in the collective instance").
+    """
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     """Every test starts from the same seed and the default dtype policy."""

@@ -39,8 +39,8 @@ def reference_weights():
     }
 
 
-def test_two_replicas_update_and_log_exactly_as_one_device():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_two_replicas_update_and_log_exactly_as_one_device(two_replicas):
+    strategy = two_replicas
     assert strategy.num_replicas_in_sync == 2
     weights = reference_weights()
     one_weights, one_logs = one_step(tf.distribute.get_strategy(), weights)

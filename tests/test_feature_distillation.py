@@ -152,7 +152,7 @@ def test_final_output_can_be_named_for_one_side():
     assert logs["distillation_loss"] == pytest.approx(expected, rel=1e-5) and expected > 0
 
 
-def test_relation_losses_use_each_replicas_batch(tmp_path):
+def test_relation_losses_use_each_replicas_batch(tmp_path, two_replicas):
     """2 replicas: the value is the mean of the single-device values on the halves."""
     teacher, student = conv_model(16, 1, "teacher"), conv_model(4, 1, "student")
     weights = teacher.get_weights(), student.get_weights()
@@ -174,7 +174,7 @@ def test_relation_losses_use_each_replicas_batch(tmp_path):
     default = tf.distribute.get_strategy()
     halves = [evaluate(default, x[:8], y[:8]), evaluate(default, x[8:], y[8:])]
     whole = evaluate(default, x, y)
-    mirrored = evaluate(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), x, y)
+    mirrored = evaluate(two_replicas, x, y)
     assert mirrored == pytest.approx(np.mean(halves), rel=1e-5)
     assert abs(whole - np.mean(halves)) > 1e-4  # relations do depend on the batch
 

@@ -138,8 +138,8 @@ def one_step(strategy, weights, batch):
     return [w.numpy() for w in student.weights], {k: v[0] for k, v in logs.items()}
 
 
-def test_two_replicas_with_uneven_padding_update_and_log_as_one_device():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_two_replicas_with_uneven_padding_update_and_log_as_one_device(two_replicas):
+    strategy = two_replicas
     reference = distiller_for([
         keras_kd.LogitsDistillation(2.0),
         keras_kd.FeatureDistillation(teacher_layer_name="teacher_backbone/transformer_layer_1",

@@ -1,6 +1,8 @@
 """`DistillationLoss`: the protocol every keras_kd distillation loss follows."""
 
+import contextlib
 import re
+import threading
 
 import keras
 import tensorflow as tf
@@ -134,18 +136,44 @@ def masked_mean(values, mask=None):
     values = ops.cast(values, "float32")
     if mask is None or len(mask.shape) != len(values.shape):
         return ops.mean(values)
-    mask = ops.cast(mask, "float32")
-    local_count = ops.sum(mask)
+    current = getattr(_COUNTS, "current", None)
+    count, replicas = current[1] if current and current[0] is mask else _global_count(mask)
+    return ops.sum(values * ops.cast(mask, "float32")) * replicas / ops.maximum(count, 1.0)
+
+
+_COUNTS = threading.local()  # one slot per replica thread (MirroredStrategy)
+
+
+@contextlib.contextmanager
+def global_token_count(mask):
+    """Within the block, `masked_mean(..., mask)` reuses one global count.
+
+    The Distiller opens it around a step, so that one all-reduce of the
+    count serves every term and metric of the step: a single collective,
+    before the loss (and so before the gradients' all-reduce) in every
+    replica, instead of one per term in an order replicas might not share.
+
+    Args:
+        mask: the step's token mask, or `None` (then it does nothing).
+    """
+    previous = getattr(_COUNTS, "current", None)
+    _COUNTS.current = None if mask is None else (mask, _global_count(mask))
+    try:
+        yield
+    finally:
+        _COUNTS.current = previous
+
+
+def _global_count(mask):
+    """`(count of real positions across replicas, replica count)`."""
+    local_count = ops.sum(ops.cast(mask, "float32"))
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
-        count, replicas = local_count, 1.0  # one replica, or cross-replica code
-    else:
-        # stop_gradient after the all-reduce: backpropagation must not add
-        # an all-reduce of its own (replicas would disagree on collectives).
-        count = context.all_reduce(tf.distribute.ReduceOp.SUM, local_count)
-        replicas = float(context.num_replicas_in_sync)
-    count = ops.stop_gradient(count)
-    return ops.sum(values * mask) * replicas / ops.maximum(count, 1.0)
+        return ops.stop_gradient(local_count), 1.0  # one replica, or cross-replica code
+    # stop_gradient after the all-reduce: backpropagation must not add an
+    # all-reduce of its own.
+    count = context.all_reduce(tf.distribute.ReduceOp.SUM, local_count)
+    return ops.stop_gradient(count), float(context.num_replicas_in_sync)
 
 
 def map_losses(fn, loss):
