@@ -104,6 +104,8 @@ class DistillationScheduler(keras.callbacks.Callback):
     def _assign(self, position):
         for target, variable in self._variables.items():
             variable.assign(float(keras.ops.convert_to_numpy(self.schedules[target](position))))
+        # Retraces the step if the hard-label loss enters or leaves it.
+        self.model.make_train_function()
 
     def _log(self, logs):
         if logs is not None:

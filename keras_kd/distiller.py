@@ -266,6 +266,15 @@ class Distiller(keras.Model):
             return x, y, sample_weight, batch_size
         return lm.preprocessed(preprocessor, x, y, sample_weight, batch_size), None, None, None
 
+    def make_train_function(self, force=False):
+        """Keras's, retraced when `student_loss_weight` left or reached 0
+        since the step was traced (the hard-label loss is only in the step
+        while its weight is not 0)."""
+        traced = getattr(self, "_traced_without_hard_labels", None)
+        if traced is not None and traced != (as_float(self.student_loss_weight) == 0):
+            force = True
+        return super().make_train_function(force=force)
+
     def compile_from_config(self, config):
         """Re-compiles a loaded Distiller, optimizer state included."""
         self.compile(**keras.saving.deserialize_keras_object(config))
@@ -408,11 +417,24 @@ class Distiller(keras.Model):
 
         if compiled_loss is None or not targets:
             student_loss = _total([])
-        elif training:
-            # Not computed at all while its weight is 0 (a full-vocabulary
-            # cross-entropy for language models); a schedule may change it.
-            student_loss = tf.cond(weight > 0, hard_label_loss, lambda: _total([]))
+        elif training and _traced_value(self.student_loss_weight) == 0:
+            # Left out of the traced step while its weight is 0 (for a
+            # language model, a full-vocabulary cross-entropy and its
+            # gradient). make_train_function() retraces when the weight
+            # leaves 0; a stale step refuses to run rather than ignore it.
+            self._traced_without_hard_labels = True
+            check = tf.debugging.assert_equal(
+                weight, 0.0,
+                message="student_loss_weight left 0 after the training step was "
+                "traced without the hard-label loss. Call "
+                "distiller.make_train_function(force=True) after changing it, "
+                "or change it with keras_kd.callbacks.DistillationScheduler.",
+            )
+            with tf.control_dependencies([check]):
+                student_loss = _total([]) + 0.0
         else:
+            if training:
+                self._traced_without_hard_labels = False
             student_loss = hard_label_loss()
         terms = {"student_loss": student_loss}
         weighted = []

@@ -216,12 +216,32 @@ def test_truncate_compares_the_shared_rows_of_the_logits():
     assert restored.vocabulary_alignment == "truncate"
 
 
-def test_the_hard_label_loss_is_skipped_at_weight_zero_and_follows_a_schedule():
+def count_ops(function, kind):
+    graph = function.get_concrete_function().graph
+    return sum(op.type == kind for op in graph.get_operations())
+
+
+def test_the_hard_label_loss_is_left_out_at_weight_zero_and_follows_a_schedule():
+    from keras_kd.callbacks import DistillationScheduler
+
     distiller = distiller_for(student_loss_weight=0.0)
     x, y, weight = token_batch([8, 6, 4, 2])
     assert distiller.train_on_batch(x, y, weight, return_dict=True)["student_loss"] == 0.0
-    distiller.student_loss_weight.assign(0.5)  # what DistillationScheduler does
-    assert distiller.train_on_batch(x, y, weight, return_dict=True)["student_loss"] > 1.0
+    step = tf.function(lambda: distiller.train_step((x, y, weight)))
+    without = count_ops(step, "SparseSoftmaxCrossEntropyWithLogits")
+    distiller.student_loss_weight.assign(0.5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="student_loss_weight left 0 after the "
+                                                             "training step was traced"):
+        distiller.train_function(iter([(x, y, weight)]))  # a stale step refuses
+    assert distiller.train_on_batch(x, y, weight, return_dict=True)["student_loss"] > 1.0  # retraced
+    with_labels = count_ops(tf.function(lambda: distiller.train_step((x, y, weight))),
+                            "SparseSoftmaxCrossEntropyWithLogits")
+    assert without == 0 and with_labels >= 1
+    distiller.student_loss_weight.assign(0.0)
+    schedule = DistillationScheduler({"student_loss_weight": lambda epoch: 0.0 if epoch == 0 else 0.5})
+    dataset = tf.data.Dataset.from_tensor_slices((x, y, weight)).batch(4)
+    history = distiller.fit(dataset, epochs=2, callbacks=[schedule], verbose=0).history
+    assert history["student_loss"][0] == 0.0 and history["student_loss"][1] > 1.0
 
 
 def test_a_loss_without_a_mask_argument_is_refused_on_token_batches():

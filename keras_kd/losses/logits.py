@@ -130,6 +130,39 @@ def _on_distributions(divergence):
     return per_position
 
 
+def _forward_kl_fused(teacher_logits, student_logits, temperature, labels=None):
+    """`_on_distributions(kl_divergence)` with a hand-written gradient.
+
+    Same value; the gradient with respect to the student's logits is
+    `T (softmax(s/T) - softmax(t/T))` per position, computed from two saved
+    `(..., classes)` tensors instead of the chain of the forward's
+    intermediates: for language models (classes = vocabulary) this saves
+    several `(batch, sequence, vocabulary)` buffers per step.
+    """
+    temperature = ops.convert_to_tensor(ops.cast(temperature, "float32"))
+    student_dtype = student_logits.dtype
+
+    @tf.custom_gradient
+    def fused(teacher, student):
+        log_p = ops.log_softmax(ops.cast(teacher, "float32") / temperature, axis=-1)
+        scaled_student = ops.cast(student, "float32") / temperature
+        log_q = ops.log_softmax(scaled_student, axis=-1)
+        p = ops.exp(log_p)
+        value = ops.sum(p * (log_p - log_q), axis=-1) * ops.square(temperature)
+
+        def gradient(upstream):
+            q = ops.softmax(scaled_student, axis=-1)
+            student_gradient = (q - p) * (upstream[..., None] * temperature)
+            return None, ops.cast(student_gradient, student_dtype)
+
+        return value, gradient
+
+    return fused(ops.stop_gradient(teacher_logits), student_logits)
+
+
+_forward_kl_fused.divergence = kl_divergence
+
+
 def _on_raw_logits(fn):
     def per_position(teacher_logits, student_logits, temperature, labels=None):
         return fn(teacher_logits, student_logits)
@@ -165,7 +198,7 @@ def _resolve(loss):
         loss, "a keras_kd logit loss", "loss='kl_divergence'", names=LOGIT_LOSSES
     )
     if core is keras.losses.kl_divergence:
-        return _on_distributions(kl_divergence)
+        return _forward_kl_fused
     if core is keras.losses.categorical_crossentropy:
         return _on_distributions(soft_cross_entropy)
 

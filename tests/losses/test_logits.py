@@ -167,3 +167,25 @@ def test_dict_outputs_are_distilled_output_by_output(loss, heads):
     t, s = teacher(x), student(x)
     expected = sum(numpy_kl(t[head], s[head], 2.0) for head in heads)
     assert value == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_fused_kl_has_the_autodiff_gradient():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(5)
+    teacher = tf.constant(rng.normal(size=(3, 4, 9)) * 3, "float32")
+    student = tf.Variable(rng.normal(size=(3, 4, 9)) * 3, dtype="float32")
+    weights = tf.constant(rng.uniform(size=(3, 4)), "float32")
+    loss = keras_kd.LogitsDistillation(temperature=2.0)
+
+    def reference():
+        log_p = tf.nn.log_softmax(teacher / 2.0)
+        log_q = tf.nn.log_softmax(student / 2.0)
+        return tf.reduce_sum(tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), -1) * 4.0 * weights)
+
+    with tf.GradientTape(persistent=True) as tape:
+        fused = tf.reduce_sum(loss._loss_fns(teacher, student, 2.0) * weights)
+        expected = reference()
+    np.testing.assert_allclose(fused, expected, rtol=1e-6)
+    np.testing.assert_allclose(tape.gradient(fused, student), tape.gradient(expected, student),
+                               rtol=1e-5, atol=1e-7)
