@@ -131,33 +131,46 @@ def _on_distributions(divergence):
 
 
 def _forward_kl_fused(teacher_logits, student_logits, temperature, labels=None):
-    """`_on_distributions(kl_divergence)` with a hand-written gradient.
+    """`_on_distributions(kl_divergence)` computed to spare memory.
 
     Same value; the gradient with respect to the student's logits is
-    `T (softmax(s/T) - softmax(t/T))` per position, computed from two saved
-    `(..., classes)` tensors instead of the chain of the forward's
-    intermediates: for language models (classes = vocabulary) this saves
-    several `(batch, sequence, vocabulary)` buffers per step.
+    `T (softmax(s/T) - softmax(t/T))` per position. Nothing but the two
+    models' logits is kept for the backward pass, and for outputs with a
+    sequence axis (language models) both passes run one sample at a time,
+    so their intermediates take `1/batch` of a `(batch, sequence,
+    vocabulary)` buffer each instead of a whole one.
     """
     temperature = ops.convert_to_tensor(ops.cast(temperature, "float32"))
     student_dtype = student_logits.dtype
+    per_sample = len(student_logits.shape) >= 3
+
+    def each(function, *tensors):
+        if not per_sample:
+            return function(*tensors)
+        return tf.map_fn(lambda row: function(*row), tensors, parallel_iterations=1,
+                         fn_output_signature=tf.float32)
+
+    def value_of(teacher, student):
+        log_p = ops.log_softmax(ops.cast(teacher, "float32") / temperature, axis=-1)
+        log_q = ops.log_softmax(ops.cast(student, "float32") / temperature, axis=-1)
+        return ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1) * ops.square(temperature)
+
+    def gradient_of(teacher, student, upstream):
+        p = ops.softmax(ops.cast(teacher, "float32") / temperature, axis=-1)
+        q = ops.softmax(ops.cast(student, "float32") / temperature, axis=-1)
+        return (q - p) * (upstream[..., None] * temperature)
+
+    teacher = ops.stop_gradient(teacher_logits)  # a constant of the step, not an input
 
     @tf.custom_gradient
-    def fused(teacher, student):
-        log_p = ops.log_softmax(ops.cast(teacher, "float32") / temperature, axis=-1)
-        scaled_student = ops.cast(student, "float32") / temperature
-        log_q = ops.log_softmax(scaled_student, axis=-1)
-        p = ops.exp(log_p)
-        value = ops.sum(p * (log_p - log_q), axis=-1) * ops.square(temperature)
-
+    def fused(student):
         def gradient(upstream):
-            q = ops.softmax(scaled_student, axis=-1)
-            student_gradient = (q - p) * (upstream[..., None] * temperature)
-            return None, ops.cast(student_gradient, student_dtype)
+            student_gradient = each(gradient_of, teacher, student, upstream)
+            return ops.cast(student_gradient, student_dtype)
 
-        return value, gradient
+        return each(value_of, teacher, student), gradient
 
-    return fused(ops.stop_gradient(teacher_logits), student_logits)
+    return fused(student_logits)
 
 
 _forward_kl_fused.divergence = kl_divergence
