@@ -41,3 +41,15 @@ def numpy_kl(teacher_logits, student_logits, temperature=1.0, mask=None):
         return float(kl.mean())
     mask = np.asarray(mask, np.float64)
     return float((kl * mask).sum() / mask.sum())
+
+
+def round_trip(obj):
+    """`obj` serialized, through JSON text, and deserialized, as a saved
+    `.keras` file would carry it (Keras's `run_class_serialization_test`
+    goes through JSON too); also checks that the config survives unchanged."""
+    import json
+
+    config = keras.saving.serialize_keras_object(obj)
+    restored = keras.saving.deserialize_keras_object(json.loads(json.dumps(config)))
+    assert keras.saving.serialize_keras_object(restored) == config
+    return restored

@@ -10,7 +10,7 @@ import tensorflow as tf
 import keras_kd
 from keras_kd import cache, losses
 from keras_kd.losses import logits as logit_losses
-from tests.helpers import numpy_kl, numpy_log_softmax
+from tests.helpers import numpy_kl, numpy_log_softmax, round_trip
 
 VOCABULARY, LENGTH = 64, 8
 
@@ -113,8 +113,7 @@ def test_generalized_jsd_ends_are_the_two_kls_and_the_default_is_jensen_shannon(
     ones = np.ones((3, 5))
     assert float(losses.GeneralizedJSD().compute_loss(keras.ops.array(t), keras.ops.array(s))) == (
         pytest.approx(numpy_generalized_jsd(t, s, 0.5, mask=ones), rel=1e-5))
-    restored = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(losses.GeneralizedJSD(beta=0.3, temperature=2.0)))
+    restored = round_trip(losses.GeneralizedJSD(beta=0.3, temperature=2.0))
     assert restored.beta == 0.3 and float(restored.temperature) == 2.0
 
 

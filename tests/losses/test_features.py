@@ -6,6 +6,7 @@ import pytest
 
 import keras_kd
 from keras_kd import losses
+from tests.helpers import round_trip
 
 RNG = np.random.default_rng(11)
 TEACHER = RNG.normal(size=(6, 5, 4)).astype("float32")  # (batch, steps, channels)
@@ -115,7 +116,7 @@ def test_feature_losses_round_trip_through_serialization(loss):
         loss=loss, teacher_layer_name="a/b", student_layer_name="c",
         projection="auto", name="f",
     )
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(wrapped))
+    restored = round_trip(wrapped)
     assert type(restored.loss) is type(loss)
     assert restored.get_config() == wrapped.get_config()
     assert call(restored.loss, TEACHER, STUDENT if loss.alignment != "elementwise" else TEACHER + 1) == (
@@ -128,7 +129,7 @@ def test_feature_distillation_with_a_layer_projection_round_trips():
         teacher_layer_name="a", student_layer_name="b",
         projection=keras.layers.Dense(4, name="proj"),
     )
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(wrapped))
+    restored = round_trip(wrapped)
     assert isinstance(restored.projection, keras.layers.Dense)
     assert restored.projection.units == 4
 
