@@ -327,6 +327,14 @@ def _probe_probabilities(model, softmax_sites, role):
             return [False] * len(softmax_sites)
     signature = input_signature(model)
     if signature is None:
+        warnings.warn(
+            f"The outputs of {role} '{model.name}' cannot be checked for "
+            f"probabilities: it has no known input shape (a subclassed model "
+            f"never called), so they are taken to be logits. If it ends in a "
+            f"softmax, call it on a batch once before building the Distiller "
+            f"(then keras_kd checks), or return logits.",
+            stacklevel=4,
+        )
         return []
     output = model(synthetic_batch(signature), training=False)
     found = []

@@ -233,3 +233,17 @@ def test_float16_probabilities_without_a_visible_softmax_are_refused():
     with pytest.raises(ValueError, match=r"Output 0 of student .* holds probabilities .* in float16.* "
                                          r"Return logits from the model"):
         keras_kd.Distiller(teacher_forms()["logits"], student)
+
+
+def test_a_model_that_cannot_be_probed_is_named_in_a_warning():
+    class Never(keras.Model):
+        def __init__(self):
+            super().__init__(name="never_called")
+            self.head = keras.layers.Dense(CLASSES)
+
+        def call(self, x):
+            return ops.softmax(self.head(x))
+
+    with pytest.warns(UserWarning, match=r"outputs of student 'never_called' cannot be checked for "
+                                         r"probabilities: it has no known input shape"):
+        taps.ModelView(Never(), role="student")
