@@ -15,8 +15,8 @@ checkpoint chosen on the test modules).
 
 First, on seed 0, keras_kd's divergences are compared on the validation
 modules (forward KL, reverse KL, generalized JSD with beta=0.5, at T=1
-only, to keep the run short; its length is not measured yet); the best is then trained on every seed. Nothing is chosen on
-the test modules.
+only, to keep the run short; its length is not measured yet); the best is
+then trained on every seed. Nothing is chosen on the test modules.
 """
 
 import argparse
