@@ -7,7 +7,7 @@ The data, tokenizer, models and recipes are keras_kd.demo_lm's (`keras-kd
 demo lm`): docstrings of the top-level standard-library modules, split by
 module (train / validation / test modules, see
 keras_kd.datasets.stdlib_docstrings), cut into pieces of at most 128 bytes,
-one token per byte; a 4-layer teacher (843k weights) trained 4 epochs on
+one token per byte; a 2-layer teacher (964k weights) trained 4 epochs on
 next-token labels; a 2-layer student (212k weights) trained 3 epochs in
 every student row, on the same batches, so the same number of optimizer
 steps. Every value is the model after its last epoch (no early stopping, no
@@ -15,8 +15,8 @@ checkpoint chosen on the test modules).
 
 First, on seed 0, keras_kd's divergences are compared on the validation
 modules (forward KL, reverse KL, generalized JSD with beta=0.5, at T=1
-only, to keep the run within an hour on 2 cores); the best is then trained on every seed. Nothing is chosen on
-the test modules.
+only, to keep the run short; its length is not measured yet); the best is
+then trained on every seed. Nothing is chosen on the test modules.
 """
 
 import argparse

@@ -33,7 +33,7 @@ QUICK_DOCSTRINGS = 64
 QUICK_EPOCHS = 1
 TEMPERATURE = 1.0
 STUDENT_LOSS_WEIGHT = 0.5
-TEACHER = {"num_layers": 4, "num_heads": 4, "hidden_dim": 128, "intermediate_dim": 512}
+TEACHER = {"num_layers": 2, "num_heads": 6, "hidden_dim": 192, "intermediate_dim": 768}
 STUDENT = {"num_layers": 2, "num_heads": 3, "hidden_dim": 96, "intermediate_dim": 256}
 QUICK_TEACHER = {"num_layers": 1, "num_heads": 2, "hidden_dim": 32, "intermediate_dim": 64}
 QUICK_STUDENT = {"num_layers": 1, "num_heads": 1, "hidden_dim": 16, "intermediate_dim": 32}
@@ -188,13 +188,19 @@ def language_model(config, name, vocabulary_size=258, sequence_length=SEQUENCE_L
 
 
 def teacher_model(quick=False):
-    """The demo's teacher: 4 layers of width 128 (843k weights); with
-    `quick`, 1 layer of width 32."""
+    """The demo's teacher: 2 layers of width 192 (964k weights); with
+    `quick`, 1 layer of width 32.
+
+    Chosen over 4 layers of width 128 (843k weights) on the validation
+    modules, seed 0, 4 epochs: 3.15 bits per byte against 3.49 (at a
+    learning rate of 1e-3; 3.88 at 2e-3), while the student from labels
+    alone reached 3.36: the deeper teacher was worse than its student.
+    """
     return language_model(QUICK_TEACHER if quick else TEACHER, "teacher")
 
 
 def student_model(quick=False):
-    """The demo's student: 2 layers of width 96 (212k weights, 4.0x fewer);
+    """The demo's student: 2 layers of width 96 (212k weights, 4.6x fewer);
     with `quick`, 1 layer of width 16."""
     return language_model(QUICK_STUDENT if quick else STUDENT, "student")
 
