@@ -6,6 +6,7 @@ from keras_kd.cache import cache_teacher_outputs
 from keras_kd.distiller import Distiller
 from keras_kd.export import export_student
 from keras_kd.losses import DistillationLoss, FeatureDistillation, LogitsDistillation
+from keras_kd.plan import FeaturePlan, plan_features
 from keras_kd.taps import FINAL_OUTPUT
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "DistillationLoss",
     "Distiller",
     "FeatureDistillation",
+    "FeaturePlan",
     "LogitsDistillation",
     "augment",
     "cache_teacher_outputs",
@@ -22,4 +24,5 @@ __all__ = [
     "connectors",
     "datasets",
     "losses",
+    "plan_features",
 ]

@@ -23,6 +23,18 @@ def keras_history(tensor):
     return tensor._keras_history
 
 
+def call_tensors(operation, node_index):
+    """`(inputs, outputs)`: the symbolic tensors of one call of an operation,
+    each flattened to a list.
+
+    Keras 3.15 records each call of a layer in a Functional graph as a
+    `Node` in `operation._inbound_nodes`; there is no public graph-walking
+    API (`keras_history` gives the `node_index`).
+    """
+    node = operation._inbound_nodes[node_index]
+    return list(node.input_tensors), list(node.output_tensors)
+
+
 @contextlib.contextmanager
 def replaced_calls(replacements):
     """Temporarily replaces `layer.call` of some layers (or operations).
