@@ -1,4 +1,4 @@
-"""The `keras-kd` command: its arguments, its one-line errors, and `export`.
+"""The `keras-kd` command: its arguments, its one-line errors, `export` and `plan`.
 
 Every bad input ends in one line on stderr, `keras-kd <command>: error: ...`,
 and exit code 2 (`--traceback` shows the full error instead). Numbers are
@@ -168,6 +168,14 @@ def build_parser():
     )
     export.add_argument("--force", action="store_true", help="replace an existing output")
 
+    plan = command(
+        "plan",
+        "propose teacher/student feature pairs, stage by stage, from the two models' graphs "
+        "and print them as a table (nothing is run or written)",
+    )
+    plan.add_argument("--teacher", required=True, help="the teacher's .keras file")
+    plan.add_argument("--student", required=True, help="the student's .keras file")
+
     distill = command("distill", "distil a saved teacher into a saved student")
     distill.add_argument("--teacher", required=True, help="the teacher's .keras file")
     distill.add_argument("--student", required=True, help="the student's .keras file")
@@ -254,6 +262,8 @@ def main(argv=None):
             demo.run(output=args.output, quick=args.quick, epochs=args.epochs, seed=args.seed)
         elif args.command == "export":
             run_export(args)
+        elif args.command == "plan":
+            run_plan(args)
         else:
             run_distill(args)
     except KeyboardInterrupt:
@@ -381,6 +391,27 @@ def run_export(args):
         int8_io=args.int8_io, force=args.force,
     )
     print(export.format_report(report))
+
+
+# -------------------------------------------------------------------------- plan
+
+
+def run_plan(args):
+    """`keras-kd plan`: print the feature pairs `keras_kd.FeaturePlan` proposes,
+    then the same pairs as `keras-kd distill --feature` flags.
+
+    Raises:
+        UsageError, ValueError: for a missing or unreadable model file, or
+            models whose stages cannot be read or paired.
+    """
+    from keras_kd.plan import FeaturePlan
+
+    teacher = load_model_file(args.teacher, "Teacher")
+    student = load_model_file(args.student, "Student")
+    plan = FeaturePlan(teacher, student)
+    print(plan.table())
+    flags = " ".join(f"--feature {p.teacher_layer}:{p.student_layer}" for p in plan.pairs)
+    print(f"\nAs keras-kd distill flags (mse, projection='auto'): {flags}")
 
 
 # ----------------------------------------------------------------------- distill

@@ -54,6 +54,7 @@ def distill(models, tmp_path, *extra):
 def test_help_lists_every_subcommand_with_defaults(capsys):
     for command, expected in ((["demo"], "(default: kd_output, or kd_output_quick with --quick)"),
                               (["distill"], "(default: 4.0)"), (["export"], "(default: none)"),
+                              (["plan"], "--student STUDENT the student's .keras file"),
                               ([], "--traceback")):
         with pytest.raises(SystemExit) as exit_:
             cli.main([*command, "--help"])
@@ -145,6 +146,19 @@ def test_export_command(models, tmp_path, capsys):
     assert "top-1 agreement" in capsys.readouterr().out
 
 
+def test_plan_prints_the_pairs_and_the_distill_flags(models, capsys):
+    code = cli.main(["plan", "--teacher", str(models / "teacher.keras"), "--student", str(models / "student.keras")])
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["resolution", "teacher", "layer", "teacher", "shape", "student", "layer",
+                                "student", "shape", "connector", "(projection='auto')"]
+    assert lines[2].split() == ["20", "conv2", "20x32", "conv1", "20x16", "Conv1D", "kernel", "1,", "16", "->",
+                                "32", "channels"]
+    assert lines[3].split()[:5] == ["10", "conv4", "10x48", "conv2", "10x16"]
+    assert lines[4] == "teacher stages without a partner of the same resolution: conv1 (40)"
+    assert lines[-1] == "As keras-kd distill flags (mse, projection='auto'): --feature conv2:conv1 --feature conv4:conv2"
+
+
 # Each case: (id, arguments, words the one error line must hold). Distill cases
 # start from a run that would succeed (see DISTILL) and get a fresh --output.
 BAD_INPUTS = [
@@ -210,6 +224,17 @@ BAD_INPUTS = [
      "--int8-io applies to --quantization int8"),
     ("export-student-missing", ["export", "{files}/missing.keras", "{files}/s.tflite"],
      "Student file '{files}/missing.keras' does not exist"),
+    ("plan-without-student", ["plan", "--teacher", "{teacher}"], "the following arguments are required: --student"),
+    ("plan-teacher-missing", ["plan", "--teacher", "{files}/missing.keras", "--student", "{student}"],
+     "Teacher file '{files}/missing.keras' does not exist"),
+    ("plan-student-not-a-model", ["plan", "--teacher", "{teacher}", "--student", "{files}/a_file"],
+     "Student file '{files}/a_file' is not a Keras model"),
+    ("plan-no-resolution-change", ["plan", "--teacher", "{teacher}", "--student", "{files}/student5.keras"],
+     "has no change of spatial or sequence resolution along its main path (input 40, feature map "
+     "resolutions none), so it has no stages to pair"),
+    ("plan-no-shared-resolution", ["plan", "--teacher", "{teacher}", "--student", "{files}/coarse.keras"],
+     "Teacher 'teacher' and student 'coarse' have no stage of the same resolution: teacher [40, 20, 10], "
+     "student [8]. Give both models the same input size"),
 ]
 DISTILL = ["distill", "--teacher", "{teacher}", "--student", "{student}", "--data", "{files}/tiny.npz",
            "--epochs", "1", "--batch-size", "32"]
@@ -263,7 +288,7 @@ def bad_input_results(models, tmp_path_factory):
               "student": str(models / "student.keras")}
     cases = {}
     for name, arguments, _ in BAD_INPUTS:
-        if arguments[0] != "export":
+        if arguments[0] not in ("export", "plan"):
             arguments = [*DISTILL, "--output", str(files / f"out_{name}"), *arguments]
         cases[name] = [a.format(**values) for a in arguments]
     # The interrupted run differs from the resuming one in its learning rate only.
@@ -302,6 +327,8 @@ def make_bad_files(files, models):
         '"projection": "auto"', '"projection": null'))
     inputs = keras.Input((40, 1))
     keras.Model(inputs, keras.layers.Dense(5)(keras.layers.Flatten()(inputs))).save(files / "student5.keras")
+    coarse = keras.layers.Flatten()(keras.layers.Conv1D(4, 5, strides=5)(inputs))  # length 8 only
+    keras.Model(inputs, keras.layers.Dense(10)(coarse), name="coarse").save(files / "coarse.keras")
 
 
 @pytest.mark.parametrize("name, arguments, message", BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS])
@@ -311,7 +338,7 @@ def test_bad_input_gets_one_line_and_exit_code_2(bad_input_results, name, argume
     lines = result["stderr"].splitlines()
     assert result["code"] == 2, result["stderr"][-2000:]
     assert len(lines) == 1 and "Traceback" not in result["stderr"], result["stderr"][-2000:]
-    command = "export" if arguments[0] == "export" else "distill"
+    command = arguments[0] if arguments[0] in ("export", "plan") else "distill"
     assert lines[0].startswith(f"keras-kd {command}: error: ")
     assert message.format(files=files) in lines[0]
     assert "allow_pickle" not in lines[0]  # never advise unsafe loading
