@@ -1,5 +1,7 @@
 """Feature pairs planned from the graphs: stages, pairs, connectors, refusals."""
 
+import pathlib
+
 import keras
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ from keras_kd import demo
 from keras_kd.plan import FeaturePair, FeaturePlan, stages
 from keras_kd.taps import resolve_layer
 from tests.helpers import sparse_ce
+
+README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
 
 def conv1d_student(name="seq_student"):
@@ -30,6 +34,7 @@ def test_demo_pair_is_paired_by_resolution_with_pointwise_connectors():
         FeaturePair((10,), "conv4", "conv2", (None, 10, 48), (None, 10, 16), "Conv1D kernel 1, 16 -> 48 channels"),
     ]
     assert plan.table().splitlines()[-1] == "teacher stages without a partner of the same resolution: conv1 (40)"
+    assert f"```text\n{plan.table()}\n```" in README.read_text()  # the README shows what it prints
 
 
 def test_a_distiller_built_with_the_plan_trains_one_step_on_the_demo_pair():
