@@ -246,7 +246,9 @@ def stages(model, role="model"):
         if not on_main_path[index]:
             continue
         shape = record.shape
-        if isinstance(record.layer, _GLOBAL_POOLING) or shape is None or len(shape) < 3:
+        if shape is None:
+            continue  # a layer with several outputs: not one feature
+        if isinstance(record.layer, _GLOBAL_POOLING) or len(shape) < 3:
             break  # the head
         if (
             len(shape) > 4
