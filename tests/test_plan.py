@@ -37,6 +37,19 @@ def test_demo_pair_is_paired_by_resolution_with_pointwise_connectors():
     assert f"```text\n{plan.table()}\n```" in README.read_text()  # the README shows what it prints
 
 
+def test_the_plan_reads_the_graphs_without_running_the_models():
+    calls = []
+    inputs = keras.Input((40, 1))
+    spied = keras.layers.Lambda(lambda t: calls.append(t) or t, name="spy")(inputs)
+    teacher = keras.Model(inputs, demo.teacher_model()(spied), name="spied")
+    calls.clear()  # building the graph called it once, symbolically
+    assert [p.teacher_layer for p in FeaturePlan(teacher, demo.student_model()).pairs] == [
+        "teacher/conv2", "teacher/conv4"]
+    assert calls == []
+    teacher(np.zeros((1, 40, 1), "float32"))
+    assert len(calls) == 1  # the spy does see a forward pass
+
+
 def test_a_distiller_built_with_the_plan_trains_one_step_on_the_demo_pair():
     teacher, student = demo.teacher_model(), demo.student_model()
     planned = keras_kd.plan_features(teacher, student)
