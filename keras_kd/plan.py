@@ -17,8 +17,8 @@ The rule, in three steps:
    feature is the output of its **last** layer. Zero-padding layers do not
    start a stage (they only prepare the next convolution), a stage in which
    no layer has weights is not a feature (e.g. a `Rescaling` of the input),
-   and the feature part ends at the first global pooling or the first
-   output of rank 2 (the classifier head).
+   and the feature part ends at the first global pooling or output of rank
+   2 after the first feature map (the classifier head).
 3. **Pairs and connectors.** Teacher and student stages are paired **by
    resolution**: the k-th teacher stage of size `s` with the k-th student
    stage of size `s`. Stages of a size only one model has are left out, not
@@ -249,7 +249,9 @@ def stages(model, role="model"):
         if shape is None:
             continue  # a layer with several outputs: not one feature
         if isinstance(record.layer, _GLOBAL_POOLING) or len(shape) < 3:
-            break  # the head
+            if runs:
+                break  # the head
+            continue  # e.g. a Dense stem before a Reshape to feature maps
         if (
             len(shape) > 4
             or isinstance(record.layer, _PADDING)

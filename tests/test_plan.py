@@ -121,6 +121,15 @@ def test_a_stage_without_weights_is_not_a_feature():
     assert [s.layer for s in stages(model)] == ["down"]  # 'rescale' alone at 8x8 is no feature
 
 
+def test_a_dense_stem_before_the_feature_maps_is_not_the_head():
+    inputs = keras.Input((16,))
+    x = keras.layers.Reshape((8, 2), name="to_steps")(keras.layers.Dense(16, name="stem")(inputs))
+    x = keras.layers.Conv1D(4, 3, strides=2, padding="same", name="down")(x)
+    x = keras.layers.GlobalAveragePooling1D()(keras.layers.Conv1D(4, 3, strides=2, padding="same", name="down2")(x))
+    model = keras.Model(inputs, keras.layers.Dense(3)(x))
+    assert [(s.resolution, s.layer) for s in stages(model)] == [((8,), "to_steps"), ((4,), "down"), ((2,), "down2")]
+
+
 def test_resnet50_to_mobilenetv3small_nested_in_a_wrapper():
     keras.backend.clear_session()  # MobileNetV3's activations are auto-named
     resnet = keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3))
