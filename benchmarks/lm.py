@@ -1,172 +1,290 @@
 """Held-out bits per byte on the standard library's docstrings: labels alone
-vs keras.distillation vs keras_kd, for GPT-2-style byte-level LMs.
+vs keras.distillation vs keras_kd (online, top-K cache, sequence-level,
+on-policy), for GPT-2-style byte-level LMs.
 
-    python -m benchmarks.lm [--seeds 3]
+    python -m benchmarks.lm [--seeds 3] [--rows ROW ...] [--runs FILE]
 
 The data, tokenizer, models and recipes are keras_kd.demo_lm's (`keras-kd
 demo lm`): docstrings of the top-level standard-library modules, split by
 module (train / validation / test modules, see
 keras_kd.datasets.stdlib_docstrings), cut into pieces of at most 128 bytes,
-one token per byte; a 2-layer teacher (964k weights) trained 4 epochs on
-next-token labels; a 2-layer student (212k weights) trained 3 epochs in
-every student row, on the same batches, so the same number of optimizer
-steps. Every value is the model after its last epoch (no early stopping, no
-checkpoint chosen on the test modules).
+one token per byte; the teacher (demo_lm.teacher_model) trained on
+next-token labels; the student (demo_lm.student_model) trained
+`demo_lm.STUDENT_EPOCHS` epochs of 203 batches in every student row, so the
+same number of optimizer steps. Every value is the model after its last
+epoch (no early stopping, no checkpoint chosen on the test modules).
 
-First, on seed 0, keras_kd's divergences are compared on the validation
-modules (forward KL, reverse KL, generalized JSD with beta=0.5, at T=1
-only, to keep the run short; its length is not measured yet); the best is
-then trained on every seed. Nothing is chosen on the test modules.
+On seed 0, keras_kd's divergences are first compared on the validation
+modules; the best is then trained on every seed. Nothing is chosen on the
+test modules.
+
+Every (seed, row) result is appended to `--runs` (JSON lines) as soon as it
+is measured, and each seed's teacher is kept in `--work`: an interrupted run
+continues where it stopped, and rows can be run in separate processes
+(`--rows`); the tables are always printed from everything in `--runs`.
 """
 
 import argparse
+import json
+import os
 import statistics
+import tempfile
 import time
 
 import keras
+import tensorflow as tf
 
 import keras_kd
 from benchmarks import common
-from keras_kd import demo_lm
+from keras_kd import demo_lm, lm
 
 RESULTS = "benchmarks/lm_results.md"
-TEACHER_ROW = "teacher (labels)"
-LABELS_ROW = "student, labels alone"
-KERAS_ROW = "keras.distillation, KLDivergence(), T=1, student_loss_weight=0.5"
+RUNS = "benchmarks/lm_runs.jsonl"
+TEACHER = "teacher (labels)"
+LABELS = "student, labels alone"
+KERAS = "keras.distillation, KLDivergence(), T=1, student_loss_weight=0.5"
 FORWARD_KL = "forward KL, T=1"
 CANDIDATES = {
     FORWARD_KL: lambda: keras_kd.LogitsDistillation(temperature=1.0),
     "reverse KL, T=1": lambda: keras_kd.losses.ReverseKL(temperature=1.0),
     "generalized JSD (beta=0.5), T=1": lambda: keras_kd.losses.GeneralizedJSD(beta=0.5, temperature=1.0),
 }
-"""keras_kd's distillation losses compared on the validation modules, each
-with student_loss_weight=0.5 (demo_lm.STUDENT_LOSS_WEIGHT)."""
+"""keras_kd's divergences compared on the validation modules (seed 0)."""
+TOP_K = (16, 64)
+ON_POLICY_FRACTION = 0.5
 
 
 def kd_row(candidate):
-    return f"keras_kd, {candidate}, student_loss_weight=0.5"
+    return f"keras_kd, {candidate}, student_loss_weight={demo_lm.STUDENT_LOSS_WEIGHT}"
+
+
+def top_k_row(k):
+    return f"keras_kd, top-{k} cache, forward KL, T=1, student_loss_weight={demo_lm.STUDENT_LOSS_WEIGHT}"
+
+
+SEQUENCE_LEVEL = "keras_kd, sequence-level (teacher's greedy continuations), forward KL"
+ON_POLICY = f"keras_kd, on-policy (lambda={ON_POLICY_FRACTION}), forward KL"
+ON_POLICY_REFERENCE = "keras_kd, prompt + given continuation (lambda=0), forward KL"
 
 
 class Seed:
-    """One seed's data, teacher and scores: trains and scores rows on demand."""
+    """One seed's data and teacher; trains and scores the rows asked for."""
 
-    def __init__(self, seed, splits, progress):
-        self.seed = seed
-        self.progress = progress
-        preprocess = demo_lm.preprocessor()
+    def __init__(self, seed, splits, work, record, progress):
+        self.seed, self.record, self.progress = seed, record, progress
+        self.preprocess = demo_lm.preprocessor()
         train, validation, test = splits
-        self.train = demo_lm.batches(train, preprocess, seed=seed)
-        self.held_out = {"validation": demo_lm.batches(validation, preprocess),
-                         "test": demo_lm.batches(test, preprocess)}
+        self.train_pieces = train
+        self.train = demo_lm.batches(train, self.preprocess, seed=seed)
+        self.held_out = {"validation": demo_lm.batches(validation, self.preprocess),
+                         "test": demo_lm.batches(test, self.preprocess)}
         self.steps = demo_lm.STUDENT_EPOCHS * len(self.train)
-        self.scores = {}
-        self.teacher = self.score(TEACHER_ROW, lambda: demo_lm.train_on_labels(
-            self.fresh(demo_lm.teacher_model), self.train, demo_lm.TEACHER_EPOCHS, verbose=0))
+        self.teacher = self._teacher(os.path.join(work, f"teacher_seed{seed}.keras"))
+
+    def _teacher(self, path):
+        if os.path.exists(path):
+            return keras.models.load_model(path)
+        start = time.perf_counter()
+        teacher = demo_lm.train_on_labels(self.fresh(demo_lm.teacher_model), self.train,
+                                          demo_lm.TEACHER_EPOCHS, verbose=0)
+        self.score(TEACHER, teacher, time.perf_counter() - start)
+        teacher.save(path)
+        return teacher
 
     def fresh(self, builder):
         keras.utils.set_random_seed(self.seed)
         return builder()
 
-    def score(self, row, train):
-        """Trains a model with `train()`, records its bits per byte; returns it."""
+    def score(self, row, model, seconds, **extra):
+        scores = {name: demo_lm.bits_per_byte(model, data) for name, data in self.held_out.items()}
+        self.record({"seed": self.seed, "row": row, **scores, "seconds": seconds, **extra})
+        self.progress(f"seed {self.seed}, {row}: validation {scores['validation']:.4f}, "
+                      f"test {scores['test']:.4f} bits per byte ({seconds:.0f} s)")
+
+    def distil(self, row, data, loss=None, student=None, **extra):
+        student = student or self.fresh(demo_lm.student_model)
         start = time.perf_counter()
-        model = train()
-        seconds = time.perf_counter() - start
-        self.scores[row] = {name: demo_lm.bits_per_byte(model, data) for name, data in self.held_out.items()}
-        self.progress(f"seed {self.seed}, {row}: validation {self.scores[row]['validation']:.4f}, "
-                      f"test {self.scores[row]['test']:.4f} bits per byte ({seconds:.0f} s)")
-        return model
+        distiller = demo_lm.keras_kd_distiller(self.teacher, student, self.steps, loss)
+        distiller.fit(data, epochs=demo_lm.STUDENT_EPOCHS, shuffle=False, verbose=0)
+        self.score(row, student, time.perf_counter() - start, **extra)
 
-    def labels_alone(self):
-        self.score(LABELS_ROW, lambda: demo_lm.train_on_labels(
-            self.fresh(demo_lm.student_model), self.train, demo_lm.STUDENT_EPOCHS, verbose=0))
-
-    def distilled(self, row, make_distiller):
-        def train():
+    def run(self, row):
+        start = time.perf_counter()
+        if row == LABELS:
+            student = demo_lm.train_on_labels(self.fresh(demo_lm.student_model), self.train,
+                                              demo_lm.STUDENT_EPOCHS, verbose=0)
+            self.score(row, student, time.perf_counter() - start)
+        elif row == KERAS:
             student = self.fresh(demo_lm.student_model)
-            make_distiller(student).fit(self.train, epochs=demo_lm.STUDENT_EPOCHS, shuffle=False, verbose=0)
-            return student
+            demo_lm.keras_distiller(self.teacher, student, self.steps).fit(
+                self.train, epochs=demo_lm.STUDENT_EPOCHS, shuffle=False, verbose=0)
+            self.score(row, student, time.perf_counter() - start)
+        elif row in map(kd_row, CANDIDATES):
+            candidate = next(c for c in CANDIDATES if kd_row(c) == row)
+            self.distil(row, self.train, CANDIDATES[candidate]())
+        elif row in map(top_k_row, TOP_K):
+            self.top_k(row, next(k for k in TOP_K if top_k_row(k) == row))
+        elif row == SEQUENCE_LEVEL:
+            self.sequence_level()
+        elif row in (ON_POLICY, ON_POLICY_REFERENCE):
+            self.on_policy(row, ON_POLICY_FRACTION if row == ON_POLICY else 0.0)
+        else:
+            raise ValueError(f"Unknown row {row!r}; rows: {all_rows()}")
 
-        self.score(row, train)
+    def top_k(self, row, k):
+        """The teacher's top-K cache, built once in a folder; the student trained from it."""
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "cache")
+            start = time.perf_counter()
+            cache = keras_kd.cache_teacher_outputs(self.teacher, self.train, path=path, seed=self.seed,
+                                                   top_k=k)
+            build = time.perf_counter() - start
+            stored = sum(os.path.getsize(os.path.join(path, name)) for name in os.listdir(path))
+            positions = len(self.train_pieces) * (demo_lm.SEQUENCE_LENGTH)
+            self.distil(row, cache, cache_seconds=build, cache_bytes=stored,
+                        cache_bytes_per_position=stored / positions)
 
-    def keras_distillation(self):
-        self.distilled(KERAS_ROW, lambda student: demo_lm.keras_distiller(self.teacher, student, self.steps))
+    def prompts_and_continuations(self):
+        return demo_lm.prompts_and_continuations(self.train_pieces)
 
-    def keras_kd(self, candidate):
-        self.distilled(kd_row(candidate), lambda student: demo_lm.keras_kd_distiller(
-            self.teacher, student, self.steps, CANDIDATES[candidate]()))
+    def sequence_level(self):
+        """Kim & Rush: the teacher's greedy continuations of the training prompts."""
+        prompts, _ = self.prompts_and_continuations()
+        self.teacher.compile(sampler="greedy")
+        start = time.perf_counter()
+        data = lm.sequence_level_batches(self.teacher, prompts, self.preprocess, demo_lm.BATCH_SIZE,
+                                         stop_token_ids=None)
+        generation = time.perf_counter() - start
+        data = data.unbatch().shuffle(len(prompts), seed=self.seed).batch(demo_lm.BATCH_SIZE).apply(
+            tf.data.experimental.assert_cardinality(len(self.train)))
+        self.distil(SEQUENCE_LEVEL, data, generation_seconds=generation)
+
+    def on_policy(self, row, fraction):
+        """GKD: a fraction of each batch continued by the current student
+        (sampling at temperature 1), the rest by the given text."""
+        import keras_hub
+
+        prompts, continuations = self.prompts_and_continuations()
+        student = self.fresh(demo_lm.student_model)
+        student.compile(sampler=keras_hub.samplers.RandomSampler(temperature=1.0, seed=self.seed))
+        data = lm.OnPolicyBatches(student, prompts, continuations, self.preprocess, fraction=fraction,
+                                  batch_size=demo_lm.BATCH_SIZE, seed=self.seed, stop_token_ids=None)
+        self.distil(row, data, student=student)
 
 
-def run(seeds, progress=print):
-    """Seed 0 first, with the divergence comparison; then the other seeds.
+def all_rows():
+    return ([LABELS, KERAS] + [kd_row(c) for c in CANDIDATES] + [top_k_row(k) for k in TOP_K]
+            + [SEQUENCE_LEVEL, ON_POLICY_REFERENCE, ON_POLICY])
 
-    Returns:
-        `(best, results)`: the candidate chosen on validation, and one
-        `{row: {"validation": bits, "test": bits}}` per seed.
-    """
+
+def load_runs(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as file:
+        return [json.loads(line) for line in file if line.strip()]
+
+
+def best_candidate(runs):
+    """The divergence with the lowest validation bits per byte on seed 0."""
+    scored = {c: r["validation"] for r in runs for c in CANDIDATES if r["seed"] == 0 and r["row"] == kd_row(c)}
+    return min(scored, key=scored.get) if len(scored) == len(CANDIDATES) else None
+
+
+def run(seeds, rows, runs_path, work, progress=print):
+    """Measures every (seed, row) not yet in `runs_path`; seed 0's
+    divergence comparison decides which divergence the other seeds train."""
+    os.makedirs(work, exist_ok=True)
     splits = demo_lm.load_splits()
-    results = []
-    best = None
+
+    def record(result):
+        with open(runs_path, "a") as file:
+            file.write(json.dumps(result) + "\n")
+
     for seed in range(seeds):
-        one = Seed(seed, splits, progress)
-        one.labels_alone()
-        one.keras_distillation()
-        for candidate in CANDIDATES if best is None else dict.fromkeys([FORWARD_KL, best]):
-            one.keras_kd(candidate)
-        if best is None:
-            best = min(CANDIDATES, key=lambda c: one.scores[kd_row(c)]["validation"])
-            progress(f"best on the validation modules: {best}")
-        results.append(one.scores)
-    return best, results
+        done = {r["row"] for r in load_runs(runs_path) if r["seed"] == seed}
+        best = best_candidate(load_runs(runs_path))
+        wanted = [row for row in rows if row not in done and (
+            seed == 0 or row not in map(kd_row, CANDIDATES) or row in (kd_row(FORWARD_KL), kd_row(best)))]
+        if not wanted and (seed, TEACHER) in {(r["seed"], r["row"]) for r in load_runs(runs_path)}:
+            continue
+        one = Seed(seed, splits, work, record, progress)
+        for row in wanted:
+            one.run(row)
 
 
-def table(best, results, seconds):
-    def spread(row, split):
-        values = [r[row][split] for r in results]
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return statistics.mean(values), std, values
+def table(runs):
+    """The tables, from the recorded runs (rows with fewer seeds say so)."""
+    by_row = {}
+    for result in runs:
+        by_row.setdefault(result["row"], {})[result["seed"]] = result
+    if LABELS not in by_row:
+        return "No results yet."
+    labels = statistics.mean(r["test"] for r in by_row[LABELS].values())
+    best = best_candidate(runs)
 
-    labels, _, _ = spread(LABELS_ROW, "test")
-    rows = []
-    for row in [TEACHER_ROW, LABELS_ROW, KERAS_ROW, kd_row(FORWARD_KL)] + (
-            [kd_row(best) + " (best on validation)"] if best != FORWARD_KL else []):
-        name = row.removesuffix(" (best on validation)")
-        validation, _, _ = spread(name, "validation")
-        mean, std, values = spread(name, "test")
-        versus = "" if row == TEACHER_ROW else f"{100 * (mean / labels - 1):+.1f}%"
-        rows.append([row, f"{validation:.3f}", f"{mean:.3f} ± {std:.3f}", versus,
-                     " / ".join(f"{v:.3f}" for v in values)])
-    comparison = [[candidate, f"{results[0][kd_row(candidate)]['validation']:.3f}"]
-                  for candidate in CANDIDATES]
+    def line(row, name=None):
+        results = [by_row[row][s] for s in sorted(by_row[row])]
+        tests = [r["test"] for r in results]
+        std = statistics.stdev(tests) if len(tests) > 1 else float("nan")
+        mean = statistics.mean(tests)
+        versus = "" if row == TEACHER else f"{100 * (mean / labels - 1):+.1f}%"
+        return [name or row, len(results), f"{statistics.mean(r['validation'] for r in results):.3f}",
+                f"{mean:.3f} ± {std:.3f}", versus, " / ".join(f"{t:.3f}" for t in tests)]
+
+    order = [TEACHER, LABELS, KERAS, kd_row(FORWARD_KL)]
+    if best and best != FORWARD_KL:
+        order.append(kd_row(best))
+    order += [top_k_row(k) for k in TOP_K] + [SEQUENCE_LEVEL, ON_POLICY_REFERENCE, ON_POLICY]
+    rows = [line(row, row + (" (best on validation)" if best and row == kd_row(best) else ""))
+            for row in order if row in by_row]
     teacher, student = demo_lm.teacher_model(), demo_lm.student_model()
-    return (
-        f"{len(results)} seeds; teacher {teacher.count_params():,} weights, {demo_lm.TEACHER_EPOCHS} epochs; "
-        f"student {student.count_params():,} weights, {demo_lm.STUDENT_EPOCHS} epochs in every student row; "
-        f"batch {demo_lm.BATCH_SIZE}, pieces of at most {demo_lm.SEQUENCE_LENGTH} bytes; "
-        f"{seconds / 60:.0f} min wall.\n\n"
-        "Held-out bits per byte (lower is better) of each model after its last epoch: validation "
-        "modules (mean), test modules (mean ± std over seeds, then each seed's value), and the test "
-        "mean relative to the student from labels alone.\n\n"
-        + common.markdown_table(["row", "validation", "test", "test vs labels alone", "test, per seed"], rows)
-        + "\n\nkeras_kd's divergences on the validation modules (seed 0, student_loss_weight=0.5); "
-        f"the lowest, {best}, is the last row above.\n\n"
-        + common.markdown_table(["distillation loss", "validation bits per byte"], comparison)
+    text = (
+        f"Teacher {teacher.count_params():,} weights, {demo_lm.TEACHER_EPOCHS} epochs; student "
+        f"{student.count_params():,} weights, {demo_lm.STUDENT_EPOCHS} epochs of the same batches in "
+        f"every student row; batch {demo_lm.BATCH_SIZE}, pieces of at most {demo_lm.SEQUENCE_LENGTH} bytes.\n\n"
+        "Held-out bits per byte (lower is better) after the last epoch: validation modules (mean over "
+        "seeds), test modules (mean ± std over seeds, each seed's value), and the test mean relative to "
+        "the student from labels alone.\n\n"
+        + common.markdown_table(["row", "seeds", "validation", "test", "test vs labels alone",
+                                 "test, per seed"], rows)
     )
-
-
-def measure(seeds):
-    """Runs the benchmark; returns its text: machine, tables, wall time."""
-    start = time.perf_counter()
-    best, results = run(seeds)
-    return f"{common.machine()}\n{table(best, results, time.perf_counter() - start)}"
+    comparison = [[c, f"{by_row[kd_row(c)][0]['validation']:.3f}"]
+                  for c in CANDIDATES if 0 in by_row.get(kd_row(c), {})]
+    if comparison:
+        text += ("\n\nkeras_kd's divergences on the validation modules (seed 0, student_loss_weight="
+                 f"{demo_lm.STUDENT_LOSS_WEIGHT}):\n\n"
+                 + common.markdown_table(["distillation loss", "validation bits per byte"], comparison))
+    costs = []
+    for row in [top_k_row(k) for k in TOP_K]:
+        for seed, r in sorted(by_row.get(row, {}).items()):
+            costs.append([row.split(",")[1].strip(), seed, f"{r['cache_bytes'] / 2**20:.1f}",
+                          f"{r['cache_bytes_per_position']:.0f}", f"{r['cache_seconds']:.0f}"])
+    if costs:
+        text += ("\n\nTop-K caches (TFRecord files on disk: token ids, labels, weights and the teacher's "
+                 f"top-K; per position of the {demo_lm.SEQUENCE_LENGTH}-token rows; a float32 cache of the "
+                 f"full logits holds 4 x 258 = 1,032 bytes per position for the logits alone):\n\n"
+                 + common.markdown_table(["cache", "seed", "MiB", "bytes per position", "build s"], costs))
+    seconds = [[row, f"{statistics.mean(r['seconds'] for r in by_row[row].values()):.0f}"]
+               for row in order if row in by_row]
+    text += ("\n\nWall time of each row's training (mean over seeds, seconds; the machine was shared, "
+             "so these are indications, not measurements):\n\n"
+             + common.markdown_table(["row", "seconds"], seconds))
+    return text
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0, 1, ... N-1")
+    parser.add_argument("--rows", nargs="+", default=None, help="rows to measure (default: all)")
+    parser.add_argument("--runs", default=RUNS, help="JSON lines of every measured (seed, row)")
+    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "keras_kd_lm_benchmark"),
+                        help="folder for each seed's teacher")
     parser.add_argument("--output", default=RESULTS, help="also write the tables here")
+    parser.add_argument("--table-only", action="store_true", help="print the tables of --runs")
     args = parser.parse_args()
-    text = measure(args.seeds)
+    if not args.table_only:
+        run(args.seeds, args.rows or all_rows(), args.runs, args.work)
+    text = f"{common.machine()}\n{table(load_runs(args.runs))}"
     print(text)
     with open(args.output, "w") as file:
         file.write(text + "\n")

@@ -29,6 +29,8 @@ LEARNING_RATE = 2e-3
 WARMUP_STEPS = 100
 TEACHER_EPOCHS = 4
 STUDENT_EPOCHS = 3
+PROMPT_BYTES = 32
+"""Prompt length of the sequence-level and on-policy rows (`prompts_and_continuations`)."""
 QUICK_DOCSTRINGS = 64
 QUICK_EPOCHS = 1
 TEMPERATURE = 1.0
@@ -131,6 +133,40 @@ def pieces(texts, max_bytes=SEQUENCE_LENGTH):
         if current:
             result.append(current)
     return result
+
+
+def prompts_and_continuations(texts, prompt_bytes=PROMPT_BYTES):
+    """Splits each text into a prompt and its continuation, for
+    sequence-level and on-policy distillation.
+
+    The prompt is the text's first `prompt_bytes` UTF-8 bytes (fewer if a
+    character would be cut, and at most half of a short text); the
+    continuation is the rest.
+
+    Args:
+        texts: strings.
+        prompt_bytes: the longest prompt, in bytes.
+
+    Returns:
+        `(prompts, continuations)`, two lists as long as `texts`; each
+        prompt joined with its continuation gives the text.
+
+    Example:
+
+    ```python
+    demo_lm.prompts_and_continuations(["def add(a, b):"], prompt_bytes=4)
+    # (["def "], ["add(a, b):"])
+    ```
+    """
+    prompts, continuations = [], []
+    for text in texts:
+        cut = min(prompt_bytes, len(text.encode()) // 2)
+        prompt = text[:cut]
+        while len(prompt.encode()) > cut:
+            prompt = prompt[:-1]
+        prompts.append(prompt)
+        continuations.append(text[len(prompt):])
+    return prompts, continuations
 
 
 def batches(texts, preprocess, batch_size=BATCH_SIZE, seed=None):
