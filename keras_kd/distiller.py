@@ -40,7 +40,9 @@ class Distiller(keras.Model):
     terms, without regularization), `student_loss`, `distillation_loss`, one
     entry per distillation term when there are several (under its `name`),
     `teacher_agreement` (the fraction of samples whose top-1 class is the
-    teacher's), and the compiled metrics on the student's predictions.
+    teacher's), what a loss asks to log (`CTKD`'s learned temperature as
+    `<term>_temperature`), and the compiled metrics on the student's
+    predictions.
 
     Args:
         teacher: a trained `keras.Model`, or a list of them (an ensemble).
@@ -173,9 +175,13 @@ class Distiller(keras.Model):
         teacher_spec = self.teacher_view.output_spec()
         student_spec = self._student_view.output_spec()
         self.connectors = self._build_connectors(teacher_spec, student_spec)
+        # Variables a loss learns (CTKD's temperature): tracked here, like the
+        # connectors, so the optimizer trains them and the Distiller saves them.
+        self.loss_layers = {t.name: t.layer for t in self._terms if t.layer is not None}
         self._logged_terms = _Means(
             ["total_loss", "student_loss", "distillation_loss"]
             + (self.term_names if len(losses) > 1 else [])
+            + [f"{t.name}_{attribute}" for t in self._terms for attribute in t.logged]
             + ["teacher_agreement"]
         )
         self._check_terms_are_scalars(teacher_spec, student_spec)
@@ -242,6 +248,9 @@ class Distiller(keras.Model):
         see the same token ids.
         """
         x, y, sample_weight, batch_size = self._preprocess_text(x, y, sample_weight, batch_size)
+        epoch_hooks = [term.set_epoch for term in self._terms if term.set_epoch is not None]
+        if epoch_hooks:  # e.g. CTKD's reversal curriculum, by epoch
+            kwargs["callbacks"] = [_EpochHooks(epoch_hooks), *(kwargs.get("callbacks") or [])]
         if validation_data is not None and self._text_preprocessor(validation_data):
             validation_data = lm.preprocessed(
                 self.student.preprocessor,
@@ -570,6 +579,9 @@ class Distiller(keras.Model):
         terms = dict(
             terms, teacher_agreement=self._teacher_agreement(teacher_outputs, student_outputs, mask)
         )
+        for term in self._terms:
+            for attribute in term.logged:
+                terms[f"{term.name}_{attribute}"] = getattr(term.loss, attribute)
         _keras_compat.loss_tracker(self).update_state(terms["loss"], sample_weight=batch_size)
         self._logged_terms.update_state(terms, batch_size)
         compiled_metrics = _keras_compat.compile_metrics(self)
@@ -716,6 +728,10 @@ class _Term:
         self.schedulable = tuple(getattr(loss, "schedulable", ()))
         self.mixes_teachers = getattr(loss, "mixes_teachers", "distributions")
         self.make_connector = getattr(loss, "make_connector", None)
+        layer = getattr(loss, "layer", None)
+        self.layer = layer if isinstance(layer, keras.layers.Layer) else None
+        self.logged = tuple(getattr(loss, "logged", ()))
+        self.set_epoch = getattr(loss, "set_epoch", None)
         self.projection = getattr(loss, "projection", None)
         parameters = inspect.signature(loss.compute_loss).parameters.values()
         self.takes_mask = any(
@@ -792,6 +808,18 @@ def _unscaled(loss):
     """The inverse of `_scaled` (keras.losses.Loss values come scaled)."""
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     return loss if replicas == 1 else loss * replicas
+
+
+class _EpochHooks(keras.callbacks.Callback):
+    """Calls each loss's `set_epoch(epoch)` as an epoch of `fit` begins."""
+
+    def __init__(self, hooks):
+        super().__init__()
+        self.hooks = hooks
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for hook in self.hooks:
+            hook(epoch)
 
 
 class _Means(keras.metrics.Metric):

@@ -3,6 +3,7 @@
 import keras
 
 from keras_kd.losses.base import DistillationLoss
+from keras_kd.losses.curriculum import CTKD
 from keras_kd.losses.features import (
     FEATURE_LOSSES,
     PKT,
@@ -35,6 +36,7 @@ _LOGIT_LOSS_CLASSES = {
     "logits_mse": LogitMSE,
     "logit_standardization": LogitStandardization,
     "mlkd": MLKD,
+    "ctkd": CTKD,
 }
 
 
@@ -46,7 +48,7 @@ def get(identifier):
             `"cosine"`, `"attention"`, `"similarity"`, `"rkd_distance"`,
             `"rkd_angle"`, `"pkt"`; logit losses: `"reverse_kl"`,
             `"jensen_shannon"`, `"js"`, `"logits_mse"`,
-            `"logit_standardization"`, `"mlkd"`), any
+            `"logit_standardization"`, `"mlkd"`, `"ctkd"`), any
             `keras.losses` name, or a loss object (returned as it is).
 
     Returns:
@@ -87,6 +89,7 @@ __all__ = [
     "GeneralizedJSD",
     "LOGIT_LOSSES",
     "get",
+    "CTKD",
     "DIST",
     "DKD",
     "JensenShannon",

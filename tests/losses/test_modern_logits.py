@@ -1,5 +1,7 @@
 """Logit standardization, MLKD and CTKD against NumPy written from the papers."""
 
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -145,3 +147,118 @@ def test_serialization_round_trip(loss):
     assert type(restored) is type(loss)
     assert restored.get_config() == loss.get_config()
     assert value(restored) == value(loss)
+
+
+# ------------------------------------------------------------------- CTKD
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def test_ctkd_default_is_kd_at_the_authors_starting_temperature():
+    loss = losses.CTKD()
+    start = 1.0 + 20.0 * sigmoid(1.0)  # t_start + t_end * sigmoid(global_T = 1)
+    assert float(loss.temperature) == pytest.approx(start, rel=1e-6)
+    assert value(loss) == pytest.approx(numpy_kl(TEACHER, STUDENT, start), rel=1e-5)
+
+
+def test_ctkd_initial_temperature_and_mask():
+    loss = losses.CTKD(initial_temperature=4.0)
+    assert float(loss.temperature) == pytest.approx(4.0, rel=1e-6)
+    teacher, student = RNG.normal(size=(2, 5, 7)) * 3, RNG.normal(size=(2, 5, 7))
+    mask = np.array([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0]], "float32")
+    got = value(loss, teacher, student, mask=keras.ops.array(mask))
+    assert got == pytest.approx(numpy_kl(teacher, student, 4.0, mask=mask), rel=1e-5)
+
+
+def test_ctkd_reversal_follows_the_cosine_curriculum():
+    loss = losses.CTKD(max_reversal=2.0, ramp_epochs=10)
+    # The authors' CosineDecay(max_value=0, min_value=-1, num_loops=10) at
+    # epochs 1, 2, ... (their count starts at 1), negated and scaled by 2.
+    for epoch in range(14):
+        authors = (math.cos(min(epoch + 1, 10) * math.pi / 10) + 1.0) * 0.5 * (0 - (-1)) + (-1)
+        assert loss.reversal_at(epoch) == pytest.approx(-2.0 * authors, abs=1e-12)
+    assert loss.reversal_at(0) > 0 and loss.reversal_at(9) == pytest.approx(2.0)
+    loss.set_epoch(4)
+    assert float(loss.reversal) == pytest.approx(loss.reversal_at(4), rel=1e-6)
+
+
+def test_gradient_reversal_is_identity_forward_and_minus_lambda_backward():
+    import tensorflow as tf
+
+    from keras_kd.losses.curriculum import reverse_gradient
+
+    x = tf.Variable([1.5, -2.0])
+    with tf.GradientTape() as tape:
+        y = reverse_gradient(x, 0.3)
+        total = tf.reduce_sum(y * tf.constant([2.0, 5.0]))
+    np.testing.assert_array_equal(y.numpy(), x.numpy())
+    np.testing.assert_allclose(tape.gradient(total, x), [-0.6, -1.5], rtol=1e-6)
+
+
+def ctkd_distiller(loss):
+    from tests.helpers import dense_classifier
+
+    keras.utils.set_random_seed(3)
+    teacher = dense_classifier(16, classes=4, name="teacher")
+    student = dense_classifier(4, classes=4, name="student")
+    distiller = keras_kd.Distiller(teacher, student, loss, student_loss_weight=0.0)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.5))
+    return distiller, teacher, student
+
+
+def test_ctkd_temperature_ascends_the_loss_while_the_student_descends():
+    loss = losses.CTKD(initial_temperature=3.0)
+    distiller, teacher, student = ctkd_distiller(loss)
+    assert any(v is loss.layer.logit for v in distiller.trainable_variables)
+    loss.set_epoch(20)  # full reversal strength, λ = 1
+    x = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
+    t = keras.ops.convert_to_numpy(teacher(x))
+    s_before = keras.ops.convert_to_numpy(student(x))
+
+    def kd(temperature, s):
+        return numpy_kl(t, s, temperature)
+
+    slope = (kd(3.0 + 1e-3, s_before) - kd(3.0 - 1e-3, s_before)) / 2e-3
+    logs = distiller.train_on_batch(x, return_dict=True)
+    assert logs["ctkd_temperature"] == pytest.approx(float(loss.temperature), rel=1e-6)
+    moved = float(loss.temperature) - 3.0
+    assert abs(slope) > 1e-4 and moved * slope > 0  # T went up the loss
+    s_after = keras.ops.convert_to_numpy(student(x))
+    assert kd(3.0, s_after) < kd(3.0, s_before)  # the student went down it
+
+
+def test_fit_advances_the_curriculum_and_the_learned_temperature_is_saved(tmp_path):
+    loss = losses.CTKD()
+    distiller, _, _ = ctkd_distiller(loss)
+    x = np.random.default_rng(1).normal(size=(16, 8)).astype("float32")
+    history = distiller.fit(x, epochs=3, batch_size=8, verbose=0)
+    assert float(loss.reversal) == pytest.approx(loss.reversal_at(2), rel=1e-6)
+    assert len(history.history["ctkd_temperature"]) == 3
+    learned = float(loss.temperature)
+    assert learned != pytest.approx(1.0 + 20.0 * sigmoid(1.0), abs=1e-6)
+    distiller.save(tmp_path / "d.keras")
+    loaded = keras.saving.load_model(tmp_path / "d.keras").distillation_losses[0]
+    assert float(loaded.temperature) == learned
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"initial_temperature": 30.0}, r"`initial_temperature` must lie strictly between "
+                                     r"min_temperature=1.0 and .*=21.0, but received 30.0"),
+     ({"ramp_epochs": 2.5}, r"`ramp_epochs` must be a whole number of epochs, but received 2.5"),
+     ({"max_reversal": -1}, r"`max_reversal` must be >= 0.0, but received -1")],
+)
+def test_ctkd_bad_arguments_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        losses.CTKD(**kwargs)
+
+
+def test_ctkd_round_trip():
+    loss = losses.CTKD(min_temperature=0.5, temperature_range=10.0, initial_temperature=2.0,
+                       max_reversal=0.5, ramp_epochs=5, name="curriculum")
+    restored = round_trip(loss)
+    assert type(restored) is losses.CTKD and restored.get_config() == loss.get_config()
+    assert value(restored) == pytest.approx(value(loss), rel=1e-7)
+    assert isinstance(losses.get("ctkd"), losses.CTKD)
