@@ -8,6 +8,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_kd import _keras_compat, _validation, augment, cache, lm, taps
+from keras_kd import metrics as fidelity
 from keras_kd._validation import as_float, check_number
 from keras_kd.losses.base import global_token_count, masked_mean
 from keras_kd.losses.logits import LogitsDistillation, mixture_logits
@@ -198,7 +199,10 @@ class Distiller(keras.Model):
             optimizer: the student's optimizer.
             loss: the hard-label loss `loss(y, student(x))`. Required unless
                 `student_loss_weight == 0`.
-            metrics: metrics of the student's predictions against `y`.
+            metrics: metrics of the student's predictions against `y`, and
+                fidelity metrics (`keras_kd.metrics`) that the Distiller
+                feeds with both models' logits: `"teacher_kl"`,
+                `"student_ece"`, `"teacher_ece"` or their instances.
             **kwargs: passed to `keras.Model.compile`.
 
         A `mixed_float16` student gets its optimizer wrapped in a
@@ -218,6 +222,13 @@ class Distiller(keras.Model):
                 f"the teacher alone."
             )
         optimizer = keras.optimizers.get(optimizer)
+        if isinstance(metrics, (list, tuple)):
+            self.fidelity_metrics = [
+                fidelity.get(m) for m in metrics if fidelity.is_fidelity_metric(m)
+            ]
+            metrics = [m for m in metrics if not fidelity.is_fidelity_metric(m)] or None
+        else:
+            self.fidelity_metrics = []
         if self.student.dtype_policy.name == "mixed_float16" and not isinstance(
             optimizer, keras.optimizers.LossScaleOptimizer
         ):
@@ -283,6 +294,15 @@ class Distiller(keras.Model):
         if traced is not None and traced != (as_float(self.student_loss_weight) == 0):
             force = True
         return super().make_train_function(force=force)
+
+    def get_compile_config(self):
+        """Keras's, with the fidelity metrics (which Keras does not see)."""
+        config = super().get_compile_config()
+        if config is not None and getattr(self, "fidelity_metrics", None):
+            config["metrics"] = list(config.get("metrics") or []) + [
+                keras.saving.serialize_keras_object(m) for m in self.fidelity_metrics
+            ]
+        return config
 
     def compile_from_config(self, config):
         """Re-compiles a loaded Distiller, optimizer state included."""
@@ -574,6 +594,46 @@ class Distiller(keras.Model):
         same = tf.argmax(teacher, axis=-1) == tf.argmax(student, axis=-1)
         return masked_mean(ops.cast(same, "float32"), mask)
 
+    def _update_fidelity(self, targets, teacher_outputs, student_outputs, mask):
+        """Updates the fidelity metrics from the step's logits (first output
+        of models with several); returns the names of those that need labels
+        this batch does not have."""
+        metrics = getattr(self, "fidelity_metrics", [])
+        if not metrics:
+            return []
+        labels = targets[0][0] if len(targets) == 1 and targets[0][1] is None else None
+        student = keras.tree.flatten(_cut(student_outputs.logits, self._logits_size))[0]
+        top = teacher_outputs.logits if isinstance(teacher_outputs.logits, lm.TopK) else None
+        teacher = None
+        if top is None:
+            teacher = keras.tree.flatten(_cut(teacher_outputs.logits, self._logits_size))
+            teacher = (
+                mixture_logits(teacher, self.teacher_weights, 1.0)
+                if len(self.teachers) > 1
+                else teacher[0]
+            )
+        student = ops.stop_gradient(student)
+        skipped = []
+        for metric in metrics:
+            if getattr(metric, "needs_labels", False) and labels is None:
+                skipped.append(metric.name)
+            elif isinstance(metric, fidelity.TeacherKL):
+                if top is None:
+                    metric.update_state(teacher, student, mask)
+                else:
+                    metric.add_values(lm.top_k_kl(top, student), mask)
+            elif metric.model == "student":
+                metric.update_state(labels, student, mask)
+            elif top is None:
+                metric.update_state(labels, teacher, mask)
+            else:  # a top-K cache holds the teacher's top-1 log-probability and id
+                correct = top.ids[..., 0] == ops.reshape(
+                    ops.cast(labels, "int32"), ops.shape(top.ids)[:-1]
+                )
+                metric.add_predictions(ops.exp(ops.cast(top.log_probs[..., 0], "float32")),
+                                       correct, mask)
+        return skipped
+
     def _update_metrics(self, terms, x, targets, teacher_outputs, student_outputs, sample_weight, mask):
         batch_size = ops.cast(ops.shape(keras.tree.flatten(x)[0])[0], "float32")
         terms = dict(
@@ -590,7 +650,10 @@ class Distiller(keras.Model):
                 compiled_metrics.update_state(
                     y, student_outputs.output, _combine(sample_weight, target_weight)
                 )
+        unlabelled = self._update_fidelity(targets, teacher_outputs, student_outputs, mask)
         results = self.get_metrics_result()
+        for name in unlabelled:  # ECE without labels is unknown, not 0
+            results.pop(name, None)
         if _keras_compat.in_multi_worker_mode(self.distribute_strategy):
             # Keras (3.15) reduces step results across workers with
             # strategy.reduce("MEAN", value, axis=0), which fails on
