@@ -602,6 +602,8 @@ class Distiller(keras.Model):
         if not metrics:
             return []
         labels = targets[0][0] if len(targets) == 1 and targets[0][1] is None else None
+        if labels is not None:
+            labels = keras.tree.flatten(labels)[0]  # the first output's, as the logits
         student = keras.tree.flatten(_cut(student_outputs.logits, self._logits_size))[0]
         top = teacher_outputs.logits if isinstance(teacher_outputs.logits, lm.TopK) else None
         teacher = None
@@ -627,8 +629,8 @@ class Distiller(keras.Model):
             elif top is None:
                 metric.update_state(labels, teacher, mask)
             else:  # a top-K cache holds the teacher's top-1 log-probability and id
-                correct = top.ids[..., 0] == ops.reshape(
-                    ops.cast(labels, "int32"), ops.shape(top.ids)[:-1]
+                correct = top.ids[..., 0] == fidelity.class_ids(
+                    labels, ops.shape(top.ids)[:-1], student.shape[-1]
                 )
                 metric.add_predictions(ops.exp(ops.cast(top.log_probs[..., 0], "float32")),
                                        correct, mask)

@@ -14,6 +14,23 @@ import keras
 from keras import ops
 
 
+def class_ids(y_true, positions_shape, classes):
+    """Labels as int32 class ids of shape `positions_shape`.
+
+    Args:
+        y_true: class ids `(...)` (or `(..., 1)`), or one-hot labels
+            `(..., classes)`.
+        positions_shape: the shape of the positions, `logits.shape[:-1]`.
+        classes: the number of classes.
+
+    Returns:
+        An int32 tensor.
+    """
+    if len(y_true.shape) == len(positions_shape) + 1 and y_true.shape[-1] == classes and classes > 1:
+        y_true = ops.argmax(y_true, axis=-1)
+    return ops.reshape(ops.cast(y_true, "int32"), positions_shape)
+
+
 def _weights(sample_weight, positions_shape):
     """Per-position float32 weights: the mask, or ones."""
     if sample_weight is None:
@@ -33,7 +50,9 @@ class TeacherKL(keras.metrics.Metric):
     positions are samples, or the real tokens of token-level outputs; with
     several teachers `p` is their mixture; with a top-K teacher cache the
     value is the KL over the K tokens plus one tail bucket (a lower bound,
-    see `keras_kd.lm.top_k_kl`).
+    see `keras_kd.lm.top_k_kl`). It costs one log-softmax of each model's
+    logits per step: for a language model, two `(batch, sequence,
+    vocabulary)` buffers.
 
     Args:
         name: the name it is logged under.
@@ -144,10 +163,7 @@ class CalibrationError(keras.metrics.Metric):
                 or `None` for all.
         """
         logits = ops.cast(y_pred, "float32")
-        classes = logits.shape[-1]
-        if len(y_true.shape) == len(logits.shape) and y_true.shape[-1] == classes:
-            y_true = ops.argmax(y_true, axis=-1)
-        labels = ops.reshape(ops.cast(y_true, "int32"), ops.shape(logits)[:-1])
+        labels = class_ids(y_true, ops.shape(logits)[:-1], logits.shape[-1])
         confidence = ops.exp(ops.max(logits, axis=-1) - ops.logsumexp(logits, axis=-1))
         prediction = ops.cast(ops.argmax(logits, axis=-1), "int32")
         self.add_predictions(confidence, prediction == labels, sample_weight)
@@ -208,4 +224,6 @@ def get(identifier):
     return identifier
 
 
-__all__ = ["FIDELITY_METRICS", "CalibrationError", "TeacherKL", "get", "is_fidelity_metric"]
+__all__ = [
+    "FIDELITY_METRICS", "CalibrationError", "TeacherKL", "class_ids", "get", "is_fidelity_metric",
+]

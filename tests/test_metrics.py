@@ -167,3 +167,21 @@ def test_token_level_distiller_masks_padding_out_of_the_metrics():
     assert logs["teacher_kl"] == pytest.approx(numpy_kl(t, s, mask=mask), rel=1e-5)
     assert logs["student_ece"] == pytest.approx(numpy_ece(s, y, mask), abs=1e-6)
     assert logs["teacher_ece"] == pytest.approx(numpy_ece(t, y, mask), abs=1e-6)
+
+
+def test_a_top_k_cache_holding_every_token_gives_the_same_metrics():
+    import tensorflow as tf
+
+    teacher, student = token_model("teacher", 16), token_model("student", 4)
+    distiller = keras_kd.Distiller(teacher, student, keras_kd.LogitsDistillation(1.0))
+    distiller.compile("sgd", loss=sparse_ce(), metrics=["teacher_kl", "student_ece", "teacher_ece"])
+    x = RNG.integers(0, 7, size=(8, 6)).astype("int32")
+    y = RNG.integers(0, 7, size=(8, 6))
+    mask = (np.arange(6)[None, :] < RNG.integers(1, 7, size=(8, 1))).astype("float32")
+    dataset = tf.data.Dataset.from_tensor_slices((x, y, mask)).batch(4)
+    full = distiller.evaluate(dataset, verbose=0, return_dict=True)
+    cached = keras_kd.cache_teacher_outputs(distiller, dataset, top_k=7, top_k_dtype="float32",
+                                            shuffle=False)
+    from_cache = distiller.evaluate(cached, verbose=0, return_dict=True)
+    for name in ("teacher_kl", "student_ece", "teacher_ece"):
+        assert from_cache[name] == pytest.approx(full[name], rel=1e-5, abs=1e-6), name

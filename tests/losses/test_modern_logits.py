@@ -262,3 +262,19 @@ def test_ctkd_round_trip():
     assert type(restored) is losses.CTKD and restored.get_config() == loss.get_config()
     assert value(restored) == pytest.approx(value(loss), rel=1e-7)
     assert isinstance(losses.get("ctkd"), losses.CTKD)
+
+
+@pytest.mark.parametrize(
+    "loss, message",
+    [(keras_kd.LogitsDistillation(1.0, standardize=True),
+      r"holds no full logits to standardize, but this loss has standardize=True"),
+     (losses.MLKD(), r"MLKD compares full class distributions, but the teacher outputs come "
+                     r"from a top-K cache"),
+     (losses.CTKD(), r"CTKD learns a temperature, but the teacher outputs come from a top-K cache")],
+)
+def test_a_top_k_teacher_cache_is_refused_with_the_reason(loss, message):
+    from keras_kd import lm
+
+    top = lm.top_k_targets(keras.ops.array(TEACHER, "float32"), 3, dtype="float32")
+    with pytest.raises(ValueError, match=message):
+        loss.compute_loss(top, keras.ops.array(STUDENT, "float32"))
