@@ -185,6 +185,7 @@ class Distiller(keras.Model):
             + [f"{t.name}_{attribute}" for t in self._terms for attribute in t.logged]
             + ["teacher_agreement"]
         )
+        self.fidelity_metrics = []  # keras_kd.metrics given to compile()
         self._check_terms_are_scalars(teacher_spec, student_spec)
         # Sub-models are built: marking the Distiller built lets `.keras`
         # loading restore the optimizer state and BackupAndRestore run.
@@ -222,13 +223,14 @@ class Distiller(keras.Model):
                 f"the teacher alone."
             )
         optimizer = keras.optimizers.get(optimizer)
+        # Emptied in place: Keras untracks what leaves its tracked list, so a
+        # re-compile without them does not keep logging stale metrics.
+        self.fidelity_metrics.clear()
         if isinstance(metrics, (list, tuple)):
-            self.fidelity_metrics = [
+            self.fidelity_metrics.extend(
                 fidelity.get(m) for m in metrics if fidelity.is_fidelity_metric(m)
-            ]
+            )
             metrics = [m for m in metrics if not fidelity.is_fidelity_metric(m)] or None
-        else:
-            self.fidelity_metrics = []
         if self.student.dtype_policy.name == "mixed_float16" and not isinstance(
             optimizer, keras.optimizers.LossScaleOptimizer
         ):
@@ -298,7 +300,7 @@ class Distiller(keras.Model):
     def get_compile_config(self):
         """Keras's, with the fidelity metrics (which Keras does not see)."""
         config = super().get_compile_config()
-        if config is not None and getattr(self, "fidelity_metrics", None):
+        if config is not None and self.fidelity_metrics:
             config["metrics"] = list(config.get("metrics") or []) + [
                 keras.saving.serialize_keras_object(m) for m in self.fidelity_metrics
             ]
@@ -598,7 +600,7 @@ class Distiller(keras.Model):
         """Updates the fidelity metrics from the step's logits (first output
         of models with several); returns the names of those that need labels
         this batch does not have."""
-        metrics = getattr(self, "fidelity_metrics", [])
+        metrics = self.fidelity_metrics
         if not metrics:
             return []
         labels = targets[0][0] if len(targets) == 1 and targets[0][1] is None else None

@@ -185,3 +185,13 @@ def test_a_top_k_cache_holding_every_token_gives_the_same_metrics():
     from_cache = distiller.evaluate(cached, verbose=0, return_dict=True)
     for name in ("teacher_kl", "student_ece", "teacher_ece"):
         assert from_cache[name] == pytest.approx(full[name], rel=1e-5, abs=1e-6), name
+
+
+def test_compiling_again_without_them_stops_logging_them():
+    distiller, _, _ = distiller_with_fidelity()
+    x, y = toy_data(32)
+    distiller.fit(x, y, epochs=1, verbose=0)
+    distiller.compile("sgd", loss=sparse_ce(), metrics=["accuracy"])
+    history = distiller.fit(x, y, epochs=1, verbose=0).history
+    assert not {"teacher_kl", "student_ece", "teacher_ece"} & set(history)
+    assert "accuracy" in history
