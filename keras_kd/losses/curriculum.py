@@ -102,7 +102,7 @@ class CTKD(DistillationLoss):
     ```
 
     Reference:
-        Li, Li, Yang, Cheng, Zhang, Ma & Yang, "Curriculum Temperature for
+        Li, Li, Yang, Zhao, Song, Luo, Li & Yang, "Curriculum Temperature for
         Knowledge Distillation", AAAI 2023, arXiv:2211.16231.
     """
 

@@ -781,13 +781,16 @@ class MLKD(DistillationLoss):
       matrices.
 
     This is the authors' `kd_loss`, `bc_loss` and `cc_loss` on one view of
-    the batch. Left out, from their training recipe rather than the loss: the
-    second, strongly augmented view of each batch (use
-    `Distiller(augmentation=...)` for augmentation) and the masks that drop
-    samples and classes whose teacher confidence is below a percentile. The
-    batch and class terms relate the samples of a batch to each other: under
-    `tf.distribute` they use each replica's batch, and a token mask cannot
-    take padding out of them (refused).
+    the batch. Left out, from their training recipe rather than the loss:
+    the second, strongly augmented view of each batch (use
+    `Distiller(augmentation=...)` for augmentation) and their confidence
+    masks (samples, resp. classes, whose teacher confidence is at most the
+    batch median). In their code those masks multiply terms that are already
+    averaged, so they scale each term by the kept fraction (about one half)
+    rather than select samples; a `distillation_loss_weights` entry scales
+    the same way. The batch and class terms relate the samples of a batch
+    to each other: under `tf.distribute` they use each replica's batch, and
+    a token mask cannot take padding out of them (refused).
 
     Args:
         temperatures: the temperatures `T > 0` to sum over (the authors'
