@@ -1,6 +1,6 @@
 """keras_kd: correct, fast knowledge distillation for Keras 3 on TensorFlow."""
 
-from keras_kd import augment, callbacks, connectors, datasets, losses
+from keras_kd import augment, callbacks, connectors, datasets, losses, metrics
 from keras_kd._version import __version__
 from keras_kd.cache import cache_teacher_outputs
 from keras_kd.distiller import Distiller
@@ -25,4 +25,5 @@ __all__ = [
     "datasets",
     "losses",
     "plan_features",
+    "metrics",
 ]

@@ -66,6 +66,29 @@ def check_number(value, argument, minimum=None, maximum=None, strict=False):
     return float(value)
 
 
+def check_flag(value, argument):
+    """Validates a boolean argument and returns it.
+
+    Args:
+        value: what the user passed.
+        argument: the argument's name, used in the message.
+
+    Returns:
+        `value`, a `bool`.
+
+    Raises:
+        ValueError: if `value` is not `True` or `False` (a string such as
+            `"yes"` or a number would be silently truthy).
+    """
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"`{argument}` must be True or False, but received {value!r} of "
+            f"type {type(value).__name__}. Pass {argument}=True or "
+            f"{argument}=False."
+        )
+    return value
+
+
 def check_numbers(values, argument, count, counted, minimum=0.0):
     """Validates a list of `count` finite numbers >= `minimum`, one per item.
 

@@ -8,6 +8,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_kd import _keras_compat, _validation, augment, cache, lm, taps
+from keras_kd import metrics as fidelity
 from keras_kd._validation import as_float, check_number
 from keras_kd.losses.base import global_token_count, masked_mean
 from keras_kd.losses.logits import LogitsDistillation, mixture_logits
@@ -40,7 +41,9 @@ class Distiller(keras.Model):
     terms, without regularization), `student_loss`, `distillation_loss`, one
     entry per distillation term when there are several (under its `name`),
     `teacher_agreement` (the fraction of samples whose top-1 class is the
-    teacher's), and the compiled metrics on the student's predictions.
+    teacher's), what a loss asks to log (`CTKD`'s learned temperature as
+    `<term>_temperature`), and the compiled metrics on the student's
+    predictions.
 
     Args:
         teacher: a trained `keras.Model`, or a list of them (an ensemble).
@@ -173,11 +176,16 @@ class Distiller(keras.Model):
         teacher_spec = self.teacher_view.output_spec()
         student_spec = self._student_view.output_spec()
         self.connectors = self._build_connectors(teacher_spec, student_spec)
+        # Variables a loss learns (CTKD's temperature): tracked here, like the
+        # connectors, so the optimizer trains them and the Distiller saves them.
+        self.loss_layers = {t.name: t.layer for t in self._terms if t.layer is not None}
         self._logged_terms = _Means(
             ["total_loss", "student_loss", "distillation_loss"]
             + (self.term_names if len(losses) > 1 else [])
+            + [f"{t.name}_{attribute}" for t in self._terms for attribute in t.logged]
             + ["teacher_agreement"]
         )
+        self.fidelity_metrics = []  # keras_kd.metrics given to compile()
         self._check_terms_are_scalars(teacher_spec, student_spec)
         # Sub-models are built: marking the Distiller built lets `.keras`
         # loading restore the optimizer state and BackupAndRestore run.
@@ -192,7 +200,10 @@ class Distiller(keras.Model):
             optimizer: the student's optimizer.
             loss: the hard-label loss `loss(y, student(x))`. Required unless
                 `student_loss_weight == 0`.
-            metrics: metrics of the student's predictions against `y`.
+            metrics: metrics of the student's predictions against `y`, and
+                fidelity metrics (`keras_kd.metrics`) that the Distiller
+                feeds with both models' logits: `"teacher_kl"`,
+                `"student_ece"`, `"teacher_ece"` or their instances.
             **kwargs: passed to `keras.Model.compile`.
 
         A `mixed_float16` student gets its optimizer wrapped in a
@@ -212,6 +223,14 @@ class Distiller(keras.Model):
                 f"the teacher alone."
             )
         optimizer = keras.optimizers.get(optimizer)
+        # Emptied in place: Keras untracks what leaves its tracked list, so a
+        # re-compile without them does not keep logging stale metrics.
+        self.fidelity_metrics.clear()
+        if isinstance(metrics, (list, tuple)):
+            self.fidelity_metrics.extend(
+                fidelity.get(m) for m in metrics if fidelity.is_fidelity_metric(m)
+            )
+            metrics = [m for m in metrics if not fidelity.is_fidelity_metric(m)] or None
         if self.student.dtype_policy.name == "mixed_float16" and not isinstance(
             optimizer, keras.optimizers.LossScaleOptimizer
         ):
@@ -242,6 +261,9 @@ class Distiller(keras.Model):
         see the same token ids.
         """
         x, y, sample_weight, batch_size = self._preprocess_text(x, y, sample_weight, batch_size)
+        epoch_hooks = [term.set_epoch for term in self._terms if term.set_epoch is not None]
+        if epoch_hooks:  # e.g. CTKD's reversal curriculum, by epoch
+            kwargs["callbacks"] = [_EpochHooks(epoch_hooks), *(kwargs.get("callbacks") or [])]
         if validation_data is not None and self._text_preprocessor(validation_data):
             validation_data = lm.preprocessed(
                 self.student.preprocessor,
@@ -274,6 +296,15 @@ class Distiller(keras.Model):
         if traced is not None and traced != (as_float(self.student_loss_weight) == 0):
             force = True
         return super().make_train_function(force=force)
+
+    def get_compile_config(self):
+        """Keras's, with the fidelity metrics (which Keras does not see)."""
+        config = super().get_compile_config()
+        if config is not None and self.fidelity_metrics:
+            config["metrics"] = list(config.get("metrics") or []) + [
+                keras.saving.serialize_keras_object(m) for m in self.fidelity_metrics
+            ]
+        return config
 
     def compile_from_config(self, config):
         """Re-compiles a loaded Distiller, optimizer state included."""
@@ -565,11 +596,56 @@ class Distiller(keras.Model):
         same = tf.argmax(teacher, axis=-1) == tf.argmax(student, axis=-1)
         return masked_mean(ops.cast(same, "float32"), mask)
 
+    def _update_fidelity(self, targets, teacher_outputs, student_outputs, mask):
+        """Updates the fidelity metrics from the step's logits (first output
+        of models with several); returns the names of those that need labels
+        this batch does not have."""
+        metrics = self.fidelity_metrics
+        if not metrics:
+            return []
+        labels = targets[0][0] if len(targets) == 1 and targets[0][1] is None else None
+        if labels is not None:
+            labels = keras.tree.flatten(labels)[0]  # the first output's, as the logits
+        student = keras.tree.flatten(_cut(student_outputs.logits, self._logits_size))[0]
+        top = teacher_outputs.logits if isinstance(teacher_outputs.logits, lm.TopK) else None
+        teacher = None
+        if top is None:
+            teacher = keras.tree.flatten(_cut(teacher_outputs.logits, self._logits_size))
+            teacher = (
+                mixture_logits(teacher, self.teacher_weights, 1.0)
+                if len(self.teachers) > 1
+                else teacher[0]
+            )
+        student = ops.stop_gradient(student)
+        skipped = []
+        for metric in metrics:
+            if getattr(metric, "needs_labels", False) and labels is None:
+                skipped.append(metric.name)
+            elif isinstance(metric, fidelity.TeacherKL):
+                if top is None:
+                    metric.update_state(teacher, student, mask)
+                else:
+                    metric.add_values(lm.top_k_kl(top, student), mask)
+            elif metric.model == "student":
+                metric.update_state(labels, student, mask)
+            elif top is None:
+                metric.update_state(labels, teacher, mask)
+            else:  # a top-K cache holds the teacher's top-1 log-probability and id
+                correct = top.ids[..., 0] == fidelity.class_ids(
+                    labels, ops.shape(top.ids)[:-1], student.shape[-1]
+                )
+                metric.add_predictions(ops.exp(ops.cast(top.log_probs[..., 0], "float32")),
+                                       correct, mask)
+        return skipped
+
     def _update_metrics(self, terms, x, targets, teacher_outputs, student_outputs, sample_weight, mask):
         batch_size = ops.cast(ops.shape(keras.tree.flatten(x)[0])[0], "float32")
         terms = dict(
             terms, teacher_agreement=self._teacher_agreement(teacher_outputs, student_outputs, mask)
         )
+        for term in self._terms:
+            for attribute in term.logged:
+                terms[f"{term.name}_{attribute}"] = getattr(term.loss, attribute)
         _keras_compat.loss_tracker(self).update_state(terms["loss"], sample_weight=batch_size)
         self._logged_terms.update_state(terms, batch_size)
         compiled_metrics = _keras_compat.compile_metrics(self)
@@ -578,7 +654,10 @@ class Distiller(keras.Model):
                 compiled_metrics.update_state(
                     y, student_outputs.output, _combine(sample_weight, target_weight)
                 )
+        unlabelled = self._update_fidelity(targets, teacher_outputs, student_outputs, mask)
         results = self.get_metrics_result()
+        for name in unlabelled:  # ECE without labels is unknown, not 0
+            results.pop(name, None)
         if _keras_compat.in_multi_worker_mode(self.distribute_strategy):
             # Keras (3.15) reduces step results across workers with
             # strategy.reduce("MEAN", value, axis=0), which fails on
@@ -716,6 +795,10 @@ class _Term:
         self.schedulable = tuple(getattr(loss, "schedulable", ()))
         self.mixes_teachers = getattr(loss, "mixes_teachers", "distributions")
         self.make_connector = getattr(loss, "make_connector", None)
+        layer = getattr(loss, "layer", None)
+        self.layer = layer if isinstance(layer, keras.layers.Layer) else None
+        self.logged = tuple(getattr(loss, "logged", ()))
+        self.set_epoch = getattr(loss, "set_epoch", None)
         self.projection = getattr(loss, "projection", None)
         parameters = inspect.signature(loss.compute_loss).parameters.values()
         self.takes_mask = any(
@@ -792,6 +875,18 @@ def _unscaled(loss):
     """The inverse of `_scaled` (keras.losses.Loss values come scaled)."""
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     return loss if replicas == 1 else loss * replicas
+
+
+class _EpochHooks(keras.callbacks.Callback):
+    """Calls each loss's `set_epoch(epoch)` as an epoch of `fit` begins."""
+
+    def __init__(self, hooks):
+        super().__init__()
+        self.hooks = hooks
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for hook in self.hooks:
+            hook(epoch)
 
 
 class _Means(keras.metrics.Metric):

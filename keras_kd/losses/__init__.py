@@ -3,6 +3,7 @@
 import keras
 
 from keras_kd.losses.base import DistillationLoss
+from keras_kd.losses.curriculum import CTKD
 from keras_kd.losses.features import (
     FEATURE_LOSSES,
     PKT,
@@ -19,10 +20,12 @@ from keras_kd.losses.logits import (
     DIST,
     DKD,
     LOGIT_LOSSES,
+    MLKD,
     GeneralizedJSD,
     JensenShannon,
     LogitMSE,
     LogitsDistillation,
+    LogitStandardization,
     ReverseKL,
 )
 
@@ -31,6 +34,9 @@ _LOGIT_LOSS_CLASSES = {
     "jensen_shannon": JensenShannon,
     "js": JensenShannon,
     "logits_mse": LogitMSE,
+    "logit_standardization": LogitStandardization,
+    "mlkd": MLKD,
+    "ctkd": CTKD,
 }
 
 
@@ -41,7 +47,8 @@ def get(identifier):
         identifier: one of keras_kd's names (feature losses: `"hint"`,
             `"cosine"`, `"attention"`, `"similarity"`, `"rkd_distance"`,
             `"rkd_angle"`, `"pkt"`; logit losses: `"reverse_kl"`,
-            `"jensen_shannon"`, `"js"`, `"logits_mse"`), any
+            `"jensen_shannon"`, `"js"`, `"logits_mse"`,
+            `"logit_standardization"`, `"mlkd"`, `"ctkd"`), any
             `keras.losses` name, or a loss object (returned as it is).
 
     Returns:
@@ -72,7 +79,7 @@ def get(identifier):
         raise ValueError(
             f"Unknown loss name {identifier!r}. keras_kd's names: feature "
             f"losses {sorted(FEATURE_LOSSES)}, logit losses "
-            f"{sorted(LOGIT_LOSSES)}; any keras.losses name works too (e.g. "
+            f"{sorted(_LOGIT_LOSS_CLASSES)}; any keras.losses name works too (e.g. "
             f"'mse', 'kl_divergence')."
         ) from None
 
@@ -82,10 +89,13 @@ __all__ = [
     "GeneralizedJSD",
     "LOGIT_LOSSES",
     "get",
+    "CTKD",
     "DIST",
     "DKD",
     "JensenShannon",
     "LogitMSE",
+    "LogitStandardization",
+    "MLKD",
     "ReverseKL",
     "AttentionTransfer",
     "CosineDistance",

@@ -43,6 +43,13 @@ class DistillationLoss:
       `"temperature"`) that the Distiller turns into non-trainable
       `keras.Variable`s, so a callback can change them inside a compiled step.
     - `name`: the name its term is logged under.
+    - `layer`: a `keras.layers.Layer` holding variables the loss learns
+      (`CTKD`'s temperature); the Distiller tracks it, so its trainable
+      weights are trained by the Distiller's optimizer and saved with the
+      Distiller.
+    - `logged`: names of attributes whose value the Distiller logs each step
+      as `<term>_<attribute>` (their mean over the epoch).
+    - `set_epoch(epoch)`: called by `Distiller.fit` as each epoch begins.
 
     Example:
 

@@ -1,12 +1,14 @@
 """Logit distillation: losses between the teacher's and the student's logits."""
 
+import functools
+
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from keras_kd import lm
-from keras_kd._validation import as_float, check_number
+from keras_kd._validation import as_float, check_flag, check_number
 from keras_kd.losses.base import (
     DistillationLoss,
     deserialize_loss,
@@ -22,6 +24,34 @@ def log_softmax_at(logits, temperature):
     """Log-probabilities of `logits / temperature`, in float32."""
     logits = ops.cast(logits, "float32")
     return ops.log_softmax(logits / ops.cast(temperature, "float32"), axis=-1)
+
+
+def standardize_logits(logits, epsilon=1e-7):
+    """Z-scores logits over the last axis, per position (logit standardization).
+
+    `(z - mean(z)) / (std(z) + epsilon)`, with the standard deviation over
+    the classes computed as the authors' code does (PyTorch's `std`, which
+    divides by `classes - 1`). Softmax at temperature `T` of the result is
+    softmax of `z / (T std(z))`: each model's own spread sets its effective
+    temperature, so the student matches the teacher's logit relations, not
+    their range.
+
+    Args:
+        logits: shape `(..., classes)`, `classes >= 2`.
+        epsilon: added to the standard deviation (the authors' 1e-7).
+
+    Returns:
+        A float32 tensor of the same shape.
+
+    Reference:
+        Sun, Ren, Li, Wang & Cao, "Logit Standardization in Knowledge
+        Distillation", CVPR 2024, arXiv:2403.01427.
+    """
+    logits = ops.cast(logits, "float32")
+    centered = logits - ops.mean(logits, axis=-1, keepdims=True)
+    degrees = max(logits.shape[-1] - 1, 1)
+    std = ops.sqrt(ops.sum(ops.square(centered), axis=-1, keepdims=True) / degrees)
+    return centered / (std + epsilon)
 
 
 # Divergences between distributions given as log-probabilities `log_p`
@@ -249,10 +279,18 @@ class LogitsDistillation(DistillationLoss):
     If a model's last layer applies softmax, the Distiller hands this loss the
     model's log-probabilities, which give the same softened distributions.
 
+    With `standardize=True` both models' logits are z-scored per position
+    (`standardize_logits`) before any of the above (Sun et al. 2024; also
+    the named loss `keras_kd.losses.LogitStandardization`, and an option of
+    `DKD`).
+
     Args:
         temperature: softening temperature `T > 0`. Scheduled by
             `keras_kd.callbacks.DistillationScheduler`.
         loss: see above. Defaults to `"kl_divergence"`.
+        standardize: z-score teacher and student logits first (logit
+            standardization; the temperature is then a "base temperature",
+            2 in the authors' recipes).
         name: the name this term is logged under.
 
     Raises:
@@ -277,10 +315,11 @@ class LogitsDistillation(DistillationLoss):
     _fixed_loss = False  # family members choose their loss themselves
     _loss_name = None
 
-    def __init__(self, temperature=3.0, loss="kl_divergence", name=None):
+    def __init__(self, temperature=3.0, loss="kl_divergence", standardize=False, name=None):
         self.temperature = check_number(
             temperature, "temperature", minimum=0.0, strict=True
         )
+        self.standardize = check_flag(standardize, "standardize")
         if self._fixed_loss:
             loss = self._loss_name  # None where the class defines divergence()
         self.loss = loss
@@ -345,13 +384,23 @@ class LogitsDistillation(DistillationLoss):
             return masked_mean(self._top_k_kl(teacher_outputs, student_outputs), mask)
         # DKD and DIST define divergence() themselves; the rest resolve `loss`.
         losses = self.divergence if self._loss_fns is None else self._loss_fns
+        prepare = standardize_logits if self.standardize else (lambda logits: logits)
         return sum_over_outputs(
-            lambda fn, t, s: masked_mean(fn(t, s, self.temperature, labels), mask),
+            lambda fn, t, s: masked_mean(
+                fn(prepare(t), prepare(s), self.temperature, labels), mask
+            ),
             losses, teacher_outputs, student_outputs,
         )
 
     def _top_k_kl(self, top, student_logits):
         """The forward KL from a top-K teacher cache (see `lm.top_k_kl`)."""
+        if self.standardize:
+            raise ValueError(
+                f"{self.name}: the teacher outputs come from a top-K cache, "
+                f"which holds no full logits to standardize, but this loss "
+                f"has standardize=True. Cache full logits (top_k=None), or "
+                f"distil without standardization."
+            )
         if getattr(self._loss_fns, "divergence", None) is not kl_divergence:
             raise ValueError(
                 f"{self.name}: the teacher outputs come from a top-K cache, "
@@ -377,6 +426,8 @@ class LogitsDistillation(DistillationLoss):
         config["temperature"] = as_float(self.temperature)
         if not self._fixed_loss:
             config["loss"] = map_losses(serialize_loss, self.loss)
+        if self.standardize:  # only the classes that take the argument set it
+            config["standardize"] = True
         return config
 
     @classmethod
@@ -529,6 +580,47 @@ class LogitMSE(_FixedLogitLoss):
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
+class LogitStandardization(LogitsDistillation):
+    """KD on z-scored logits: `T² · KL(softmax(z(t)/T) ‖ softmax(z(s)/T))`.
+
+    `z` standardizes each position's logits over the classes
+    (`standardize_logits`: minus their mean, over their standard deviation
+    plus 1e-7), so the student learns the teacher's logit relations rather
+    than their magnitude; `T` is the base temperature. The same loss is
+    `LogitsDistillation(temperature, standardize=True)`; `DKD` takes
+    `standardize=True` too. Masked for token-level outputs like every
+    logit loss.
+
+    Args:
+        temperature: base temperature `T > 0` (2 in the authors' CIFAR-100
+            commands, which also raise the distillation weight,
+            `--kd-weight 9`).
+        name: the name this term is logged under.
+
+    Raises:
+        ValueError: if `temperature` is not a positive number.
+
+    Example:
+
+    ```python
+    keras_kd.Distiller(teacher, student, keras_kd.losses.LogitStandardization())
+    ```
+
+    Reference:
+        Sun, Ren, Li, Wang & Cao, "Logit Standardization in Knowledge
+        Distillation", CVPR 2024, arXiv:2403.01427.
+    """
+
+    def __init__(self, temperature=2.0, name=None):
+        super().__init__(temperature=temperature, standardize=True, name=name)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["loss"], config["standardize"]
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
 class DKD(LogitsDistillation):
     """Decoupled KD: target-class and non-target-class terms, weighted apart.
 
@@ -543,6 +635,9 @@ class DKD(LogitsDistillation):
         temperature: softening temperature `T > 0` (4 in the paper).
         alpha: weight of TCKD (1 in the paper).
         beta: weight of NCKD (8 in the paper for CIFAR-100).
+        standardize: z-score both models' logits first (logit
+            standardization, Sun et al. 2024, who pair it with a base
+            temperature of 2); the target class is unchanged by it.
         name: the name this term is logged under.
 
     Raises:
@@ -556,15 +651,17 @@ class DKD(LogitsDistillation):
 
     Reference:
         Zhao, Cui, Song, Qiu & Liang, "Decoupled Knowledge Distillation",
-        CVPR 2022, arXiv:2203.08679.
+        CVPR 2022, arXiv:2203.08679. With `standardize=True`: Sun, Ren, Li,
+        Wang & Cao, "Logit Standardization in Knowledge Distillation", CVPR
+        2024, arXiv:2403.01427.
     """
 
     schedulable = ("temperature", "alpha", "beta")
     uses_labels = True
     _fixed_loss = True
 
-    def __init__(self, temperature=4.0, alpha=1.0, beta=8.0, name=None):
-        super().__init__(temperature=temperature, name=name)
+    def __init__(self, temperature=4.0, alpha=1.0, beta=8.0, standardize=False, name=None):
+        super().__init__(temperature=temperature, standardize=standardize, name=name)
         self.alpha = check_number(alpha, "alpha", minimum=0.0)
         self.beta = check_number(beta, "beta", minimum=0.0)
 
@@ -668,6 +765,123 @@ class DIST(LogitsDistillation):
 
     def get_config(self):
         return {**super().get_config(), "beta": as_float(self.beta), "gamma": as_float(self.gamma)}
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class MLKD(DistillationLoss):
+    """Multi-level logit distillation: instance, batch and class alignment.
+
+    With `p = softmax(t/T)`, `q = softmax(s/T)` of shape `(batch, classes)`
+    (`B` samples, `C` classes), summed over the temperatures `T`:
+
+    - instance level: `T² · mean_i KL(p_i ‖ q_i)`;
+    - batch level: `sum((p pᵀ - q qᵀ)²) / B`, the samples' similarity (Gram)
+      matrices of predictions;
+    - class level: `sum((pᵀ p - qᵀ q)²) / C`, the classes' correlation
+      matrices.
+
+    This is the authors' `kd_loss`, `bc_loss` and `cc_loss` on one view of
+    the batch. Left out, from their training recipe rather than the loss:
+    the second, strongly augmented view of each batch (use
+    `Distiller(augmentation=...)` for augmentation) and their confidence
+    masks (samples, resp. classes, whose teacher confidence is at most the
+    batch median). In their code those masks multiply terms that are already
+    averaged, so they scale each term by the kept fraction (about one half)
+    rather than select samples; a `distillation_loss_weights` entry scales
+    the same way. The batch and class terms relate the samples of a batch
+    to each other: under `tf.distribute` they use each replica's batch, and
+    a token mask cannot take padding out of them (refused).
+
+    Args:
+        temperatures: the temperatures `T > 0` to sum over (the authors'
+            `2, 3, 4, 5, 6`).
+        name: the name this term is logged under.
+
+    Raises:
+        ValueError: if `temperatures` is empty or holds a number that is not
+            positive; at the step, if the batch carries a token mask.
+
+    Example:
+
+    ```python
+    keras_kd.Distiller(teacher, student, keras_kd.losses.MLKD())
+    ```
+
+    Reference:
+        Jin, Wang & Lin, "Multi-Level Logit Distillation", CVPR 2023.
+    """
+
+    expects_logits = True
+    validate_model_compatibility = LogitsDistillation.validate_model_compatibility
+
+    def __init__(self, temperatures=(2.0, 3.0, 4.0, 5.0, 6.0), name=None):
+        if isinstance(temperatures, (int, float)):
+            temperatures = [temperatures]
+        if not isinstance(temperatures, (list, tuple)) or not temperatures:
+            raise ValueError(
+                f"`temperatures` must be a non-empty list of positive numbers, "
+                f"but received {temperatures!r}. Pass e.g. "
+                f"temperatures=(2.0, 3.0, 4.0, 5.0, 6.0)."
+            )
+        self.temperatures = tuple(
+            check_number(t, f"temperatures[{i}]", minimum=0.0, strict=True)
+            for i, t in enumerate(temperatures)
+        )
+        if name:
+            self.name = name
+
+    def compute_loss(self, teacher_outputs, student_outputs, mask=None, **kwargs):
+        """Returns the multi-level loss, summed over outputs for a structure.
+
+        Args:
+            teacher_outputs: teacher logits `(batch, classes)` (or a
+                list/dict of them).
+            student_outputs: student logits, same structure.
+            mask: must be `None` (see the class).
+            **kwargs: ignored.
+
+        Returns:
+            A scalar float32 tensor.
+
+        Raises:
+            ValueError: for a token mask or a top-K teacher cache.
+        """
+        if mask is not None:
+            raise ValueError(
+                "MLKD's batch- and class-level terms relate the positions of "
+                "a batch to each other, so a token mask cannot take padding "
+                "out of them. For token-level outputs use LogitsDistillation, "
+                "ReverseKL or GeneralizedJSD."
+            )
+        if isinstance(teacher_outputs, lm.TopK):
+            raise ValueError(
+                "MLKD compares full class distributions, but the teacher "
+                "outputs come from a top-K cache. Cache full logits "
+                "(top_k=None)."
+            )
+        return sum_over_outputs(
+            lambda _, t, s: self.divergence(t, s), self, teacher_outputs, student_outputs
+        )
+
+    def divergence(self, teacher_logits, student_logits):
+        """The loss between one teacher and student output (a scalar)."""
+        classes = teacher_logits.shape[-1]
+        teacher = ops.reshape(ops.cast(teacher_logits, "float32"), (-1, classes))
+        student = ops.reshape(ops.cast(student_logits, "float32"), (-1, classes))
+        batch = ops.cast(ops.shape(teacher)[0], "float32")
+        total = []
+        for temperature in self.temperatures:
+            log_p = log_softmax_at(teacher, temperature)
+            log_q = log_softmax_at(student, temperature)
+            p, q = ops.exp(log_p), ops.exp(log_q)
+            instance = ops.mean(kl_divergence(log_p, log_q)) * temperature**2
+            samples = ops.sum(ops.square(p @ ops.transpose(p) - q @ ops.transpose(q))) / batch
+            class_level = ops.sum(ops.square(ops.transpose(p) @ p - ops.transpose(q) @ q)) / classes
+            total.append(instance + samples + class_level)
+        return functools.reduce(ops.add, total)
+
+    def get_config(self):
+        return {**super().get_config(), "temperatures": list(self.temperatures)}
 
 
 def _pearson(a, b, axis, epsilon=1e-8):

@@ -1,0 +1,229 @@
+"""Fidelity diagnostics: what the student took from the teacher.
+
+Keras metrics for `Distiller.compile(metrics=...)`, by name or instance:
+`"teacher_kl"` (`TeacherKL`), `"student_ece"` and `"teacher_ece"`
+(`CalibrationError`). The Distiller feeds them the teacher's and the
+student's logits it already has in the step (no extra forward pass), with
+the token mask of token-level outputs, and logs them in training and
+validation next to `teacher_agreement`. Their state is sums (Keras
+aggregates metric variables by summing across replicas), so the value is
+the one of the global batch under `tf.distribute`.
+"""
+
+import keras
+from keras import ops
+
+
+def class_ids(y_true, positions_shape, classes):
+    """Labels as int32 class ids of shape `positions_shape`.
+
+    Args:
+        y_true: class ids `(...)` (or `(..., 1)`), or one-hot labels
+            `(..., classes)`.
+        positions_shape: the shape of the positions, `logits.shape[:-1]`.
+        classes: the number of classes.
+
+    Returns:
+        An int32 tensor.
+    """
+    if len(y_true.shape) == len(positions_shape) + 1 and y_true.shape[-1] == classes and classes > 1:
+        y_true = ops.argmax(y_true, axis=-1)
+    return ops.reshape(ops.cast(y_true, "int32"), positions_shape)
+
+
+def _weights(sample_weight, positions_shape):
+    """Per-position float32 weights: the mask, or ones."""
+    if sample_weight is None:
+        return ops.ones(positions_shape, "float32")
+    return ops.broadcast_to(ops.cast(sample_weight, "float32"), positions_shape)
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class TeacherKL(keras.metrics.Metric):
+    """Mean `KL(teacher ‖ student)` at temperature 1, over samples or real tokens.
+
+    `update_state(teacher_logits, student_logits, sample_weight)`: per
+    position, `sum_c p_c (log p_c - log q_c)` with `p = softmax(t)`,
+    `q = softmax(s)` from `log_softmax` in float32 (exact where
+    probabilities underflow); the result is the weighted mean over every
+    position seen since the last reset (each epoch). Inside a `Distiller`,
+    positions are samples, or the real tokens of token-level outputs; with
+    several teachers `p` is their mixture; with a top-K teacher cache the
+    value is the KL over the K tokens plus one tail bucket (a lower bound,
+    see `keras_kd.lm.top_k_kl`). It costs one log-softmax of each model's
+    logits per step: for a language model, two `(batch, sequence,
+    vocabulary)` buffers.
+
+    Args:
+        name: the name it is logged under.
+
+    Example:
+
+    ```python
+    distiller.compile("adam", loss=..., metrics=["accuracy", "teacher_kl"])
+    ```
+    """
+
+    def __init__(self, name="teacher_kl", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        """Adds a batch.
+
+        Args:
+            y_true: teacher logits `(..., classes)`.
+            y_pred: student logits, same shape.
+            sample_weight: `(...)` weights of the positions (the token mask),
+                or `None` for all.
+        """
+        log_p = ops.log_softmax(ops.cast(y_true, "float32"), axis=-1)
+        log_q = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
+        self.add_values(ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1), sample_weight)
+
+    def add_values(self, values, sample_weight=None):
+        """Adds per-position KL values already computed (top-K caches)."""
+        weights = _weights(sample_weight, ops.shape(values))
+        self.total.assign_add(ops.sum(ops.cast(values, "float32") * weights))
+        self.count.assign_add(ops.sum(weights))
+
+    def result(self):
+        return ops.divide_no_nan(self.total, self.count)
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class CalibrationError(keras.metrics.Metric):
+    """Expected calibration error (ECE) of top-1 predictions, in equal-width bins.
+
+    Each position's confidence is its top-1 probability `max softmax(z)`,
+    its prediction the top-1 class. Positions fall into `bins` bins of
+    confidence `((m-1)/M, m/M]`; with `n_m` positions in bin `m` out of `n`,
+    `ECE = sum_m (n_m / n) |accuracy_m - confidence_m|` (Guo et al.'s
+    definition). The per-bin counts, confidence sums and correct counts
+    accumulate over every batch since the last reset (each epoch), so the
+    value is the ECE of the whole epoch, not a mean of per-batch ECEs.
+
+    ECE needs labels: inside a `Distiller`, it is updated only in steps
+    whose batch has one class label per sample (`(x, y)` batches, not
+    mixing augmentations), and it is left out of the logs of steps without
+    labels (unlabelled training data) instead of showing a 0.
+
+    Args:
+        model: `"student"` or `"teacher"`: whose logits a `Distiller`
+            gives it (elsewhere it measures the `y_pred` it receives).
+        bins: number of equal-width confidence bins (15, as Guo et al.).
+        name: the name it is logged under; `"<model>_ece"` by default.
+
+    Raises:
+        ValueError: if `model` is not `"student"` or `"teacher"`, or `bins`
+            not a whole number >= 1.
+
+    Example:
+
+    ```python
+    distiller.compile("adam", loss=..., metrics=["student_ece", "teacher_ece"])
+    ```
+
+    Reference:
+        Guo, Pleiss, Sun & Weinberger, "On Calibration of Modern Neural
+        Networks", ICML 2017, arXiv:1706.04599.
+    """
+
+    needs_labels = True
+
+    def __init__(self, model="student", bins=15, name=None, **kwargs):
+        if model not in ("student", "teacher"):
+            raise ValueError(
+                f"`model` must be 'student' or 'teacher', but received "
+                f"{model!r}. Pass model='student' for the student's "
+                f"calibration, 'teacher' for the teacher's."
+            )
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+            raise ValueError(
+                f"`bins` must be a whole number >= 1, but received {bins!r}. "
+                f"Pass e.g. bins=15."
+            )
+        super().__init__(name=name or f"{model}_ece", **kwargs)
+        self.model = model
+        self.bins = bins
+        self.counts = self.add_variable(shape=(self.bins,), initializer="zeros", name="counts")
+        self.confidence = self.add_variable(
+            shape=(self.bins,), initializer="zeros", name="confidence"
+        )
+        self.correct = self.add_variable(shape=(self.bins,), initializer="zeros", name="correct")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        """Adds a batch.
+
+        Args:
+            y_true: class ids `(...)`, or one-hot labels `(..., classes)`.
+            y_pred: logits `(..., classes)`.
+            sample_weight: `(...)` weights of the positions (the token mask),
+                or `None` for all.
+        """
+        logits = ops.cast(y_pred, "float32")
+        labels = class_ids(y_true, ops.shape(logits)[:-1], logits.shape[-1])
+        confidence = ops.exp(ops.max(logits, axis=-1) - ops.logsumexp(logits, axis=-1))
+        prediction = ops.cast(ops.argmax(logits, axis=-1), "int32")
+        self.add_predictions(confidence, prediction == labels, sample_weight)
+
+    def add_predictions(self, confidence, correct, sample_weight=None):
+        """Adds top-1 confidences and whether each was right (top-K caches).
+
+        Args:
+            confidence: `(...)` top-1 probabilities.
+            correct: `(...)` booleans.
+            sample_weight: `(...)` weights, or `None`.
+        """
+        weights = ops.reshape(_weights(sample_weight, ops.shape(confidence)), (-1, 1))
+        confidence = ops.reshape(ops.cast(confidence, "float32"), (-1,))
+        correct = ops.reshape(ops.cast(correct, "float32"), (-1,))
+        # Bin m (from 1) holds ((m-1)/M, m/M]; a confidence of 0 goes to the first.
+        index = ops.clip(ops.cast(ops.ceil(confidence * self.bins), "int32") - 1, 0, self.bins - 1)
+        in_bin = ops.one_hot(index, self.bins, dtype="float32") * weights
+        self.counts.assign_add(ops.sum(in_bin, axis=0))
+        self.confidence.assign_add(ops.sum(in_bin * confidence[:, None], axis=0))
+        self.correct.assign_add(ops.sum(in_bin * correct[:, None], axis=0))
+
+    def result(self):
+        gaps = ops.abs(self.correct - self.confidence)  # n_m |acc_m - conf_m|
+        return ops.divide_no_nan(ops.sum(gaps), ops.sum(self.counts))
+
+    def get_config(self):
+        return {**super().get_config(), "model": self.model, "bins": self.bins}
+
+
+FIDELITY_METRICS = {
+    "teacher_kl": TeacherKL,
+    "student_ece": lambda: CalibrationError("student"),
+    "teacher_ece": lambda: CalibrationError("teacher"),
+}
+"""The names `Distiller.compile(metrics=...)` takes for fidelity metrics."""
+
+
+def is_fidelity_metric(metric):
+    """Whether the Distiller (not Keras's compiled metrics) feeds `metric`."""
+    if isinstance(metric, str):
+        return metric in FIDELITY_METRICS
+    return isinstance(metric, (TeacherKL, CalibrationError))
+
+
+def get(identifier):
+    """A fidelity metric from its name (or the metric itself).
+
+    Args:
+        identifier: `"teacher_kl"`, `"student_ece"`, `"teacher_ece"`, or a
+            `TeacherKL` / `CalibrationError`.
+
+    Returns:
+        A metric instance.
+    """
+    if isinstance(identifier, str):
+        return FIDELITY_METRICS[identifier]()
+    return identifier
+
+
+__all__ = [
+    "FIDELITY_METRICS", "CalibrationError", "TeacherKL", "class_ids", "get", "is_fidelity_metric",
+]
