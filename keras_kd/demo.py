@@ -7,7 +7,7 @@ import time
 import keras
 import tensorflow as tf
 
-from keras_kd import augment, datasets
+from keras_kd import augment, datasets, report
 from keras_kd.distiller import Distiller
 from keras_kd.export import export_student, save_for_inference
 from keras_kd.losses.logits import LogitsDistillation
@@ -125,7 +125,9 @@ def run(output=None, quick=False, epochs=None, seed=0):
 
     Args:
         output: folder for `teacher.keras`, `student_alone.keras`,
-            `student.keras`, `student.tflite` (int8) and `logs/`
+            `student.keras`, `student.tflite` (int8), `report.html` (the
+            table and figures: accuracy against size, reliability of
+            teacher and student, per-class agreement) and `logs/`
             (TensorBoard: one run per model); defaults to `kd_output`, or
             `kd_output_quick` with `quick`.
         quick: a short run on a subset, for a smoke test: the table says
@@ -189,7 +191,7 @@ def run(output=None, quick=False, epochs=None, seed=0):
     record("student, distilled", student, "student.keras", seconds)
 
     print("== int8 TFLite file of the distilled student")
-    report = export_student(
+    exported = export_student(
         student, os.path.join(output, "student.tflite"), quantization="int8",
         representative_data=x_train, evaluation_data=(x_test, y_test),
         force=True,  # the demo rewrites its own folder, as it does its .keras files
@@ -197,19 +199,27 @@ def run(output=None, quick=False, epochs=None, seed=0):
     rows.append(
         {
             "model": "student, distilled, int8 .tflite",
-            "accuracy": report["accuracy_exported"],  # measured by running the file
+            "accuracy": exported["accuracy_exported"],  # measured by running the file
             "parameters": student.count_params(),
-            "bytes": report["bytes"],
+            "bytes": exported["bytes"],
             "seconds": None,
         }
     )
 
+    note = None
+    if quick:
+        note = (f"Quick run ({len(x_train)} samples, {epochs} epochs): a smoke test of the pipeline, "
+                f"not results. Run `keras-kd demo` without --quick for the comparison.")
+    report.write(
+        os.path.join(output, "report.html"), rows, table_cells(rows), y_test,
+        probabilities(teacher, x_test), probabilities(student, x_test), note,
+    )
     print()
     print(format_table(rows))
-    if quick:
-        print(f"Quick run ({len(x_train)} samples, {epochs} epochs): a smoke test of the pipeline, "
-              f"not results. Run `keras-kd demo` without --quick for the comparison.")
-    print(f"\nFiles in {output}/; TensorBoard: tensorboard --logdir {logs}")
+    if note:
+        print(note)
+    print(f"\nFiles in {output}/ (report.html: table and figures); "
+          f"TensorBoard: tensorboard --logdir {logs}")
     return rows
 
 
@@ -219,10 +229,21 @@ def accuracy(model, x, y):
     return float((predictions.argmax(axis=-1) == y).mean())
 
 
+def probabilities(model, x):
+    """Softmax of a demo model's logits, as a NumPy array."""
+    logits = model.predict(x, batch_size=1024, verbose=0)
+    return keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
+
+
 def format_table(rows):
     """The demo's table as text."""
+    return text_table(*table_cells(rows))
+
+
+def table_cells(rows):
+    """The demo's table as `(header, lines)` of str cells (printed and in report.html)."""
     header = ("model", "test accuracy", "parameters", "size on disk", "training time")
-    return text_table(header, [
+    return header, [
         (
             row["model"],
             f"{100 * row['accuracy']:.1f}%",
@@ -231,7 +252,7 @@ def format_table(rows):
             "-" if row["seconds"] is None else f"{row['seconds']:.1f} s",
         )
         for row in rows
-    ])
+    ]
 
 
 def text_table(header, lines):

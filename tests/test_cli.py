@@ -108,6 +108,7 @@ def test_quick_demo_prints_the_table_and_writes_its_files(tmp_path, capsys, monk
     accuracy = float((student.predict(x_test, verbose=0).argmax(-1) == y_test).mean())
     assert f"{100 * accuracy:.1f}%" in table  # the table reports the saved file
     assert (tmp_path / "student.tflite").stat().st_size > 0
+    assert (tmp_path / "report.html").stat().st_size > 0  # its content: tests/test_report.py
     # Same architecture, same size: no optimizer state in the saved files.
     sizes = [(tmp_path / f).stat().st_size for f in ("student.keras", "student_alone.keras")]
     assert abs(sizes[0] - sizes[1]) < 0.02 * sizes[0]

@@ -1,0 +1,318 @@
+"""`report.html` of `keras-kd demo`: the table and three figures in one file.
+
+The figures are PNGs drawn by matplotlib's Agg canvas (no display, no global
+pyplot state) and embedded as base64 data URIs, so the page is a single file
+with no scripts and nothing fetched: it can be mailed or attached as it is.
+"""
+
+import base64
+import html
+import io
+import itertools
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from keras_kd._files import atomic_path
+
+BINS = 15
+"""Equal-width confidence bins of the reliability diagram (Guo et al. use 15)."""
+
+
+def reliability(probabilities, labels, bins=BINS):
+    """Accuracy per confidence bin and the expected calibration error (ECE).
+
+    A sample's confidence is its largest probability; it falls in bin `b`
+    when `b / bins < confidence <= (b + 1) / bins`. The ECE is the mean over
+    samples of `|accuracy - mean confidence|` of their bin.
+
+    Args:
+        probabilities: `(samples, classes)` predicted probabilities.
+        labels: `(samples,)` true class ids.
+        bins: number of equal-width bins on [0, 1].
+
+    Returns:
+        A dict: `edges` (`bins + 1` bin edges), `count` (samples per bin),
+        `confidence` and `accuracy` (mean per bin, NaN for an empty bin) and
+        `ece` (a float in [0, 1]).
+
+    Example:
+
+    ```python
+    curve = reliability(np.array([[0.9, 0.1], [0.6, 0.4]]), np.array([0, 1]), bins=2)
+    curve["ece"]  # both in the bin (0.5, 1]: |accuracy 0.5 - confidence 0.75| = 0.25
+    ```
+
+    Reference:
+        Guo et al., "On Calibration of Modern Neural Networks", ICML 2017,
+        arXiv:1706.04599.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    confidence = probabilities.max(axis=-1)
+    correct = (probabilities.argmax(axis=-1) == np.asarray(labels)).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.digitize(confidence, edges[1:-1], right=True)  # edges[b] < confidence <= edges[b + 1]
+    count = np.bincount(index, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):  # empty bins become NaN
+        mean_confidence = np.bincount(index, confidence, minlength=bins) / count
+        accuracy = np.bincount(index, correct, minlength=bins) / count
+    gaps = np.abs(accuracy - mean_confidence)
+    ece = float(np.sum(count[count > 0] * gaps[count > 0]) / len(confidence))
+    return {
+        "edges": edges,
+        "count": count,
+        "confidence": mean_confidence,
+        "accuracy": accuracy,
+        "ece": ece,
+    }
+
+
+def per_class_agreement(student_predictions, teacher_predictions, labels, classes):
+    """Share of samples of each true class on which student and teacher agree.
+
+    Args:
+        student_predictions: `(samples,)` the student's top-1 class ids.
+        teacher_predictions: `(samples,)` the teacher's top-1 class ids.
+        labels: `(samples,)` true class ids, which group the samples.
+        classes: number of classes.
+
+    Returns:
+        A `(classes,)` array of agreements in [0, 1], NaN for a class with no
+        sample.
+
+    Example:
+
+    ```python
+    per_class_agreement(np.array([0, 1, 1]), np.array([0, 0, 1]), np.array([0, 0, 1]), 2)
+    # array([0.5, 1. ])
+    ```
+    """
+    labels = np.asarray(labels)
+    same = (np.asarray(student_predictions) == np.asarray(teacher_predictions)).astype(np.float64)
+    count = np.bincount(labels, minlength=classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.bincount(labels, same, minlength=classes) / count
+
+
+def png(figure):
+    """A matplotlib figure as PNG bytes.
+
+    Args:
+        figure: a `matplotlib.figure.Figure`.
+
+    Returns:
+        The PNG file's bytes.
+
+    Example:
+
+    ```python
+    data = png(Figure())
+    ```
+    """
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def accuracy_figure(rows):
+    """Test accuracy against size on disk (log scale), one marker per row.
+
+    Args:
+        rows: dicts with `model` (name), `accuracy` (in [0, 1]),
+            `parameters` and `bytes` (the file's size), as `demo.run`
+            returns them.
+
+    Returns:
+        A `Figure`.
+
+    Example:
+
+    ```python
+    accuracy_figure([{"model": "teacher", "accuracy": 0.99, "parameters": 20522, "bytes": 113152}])
+    ```
+    """
+    figure = Figure(figsize=(6.4, 4.0))
+    axes = figure.add_subplot()
+    # A legend, not text beside the points: the students share a size and
+    # the int8 file an accuracy, so labels beside them would overlap.
+    for row, marker in zip(rows, itertools.cycle("os^Dv")):
+        axes.scatter(row["bytes"] / 1024, 100 * row["accuracy"], s=60, marker=marker, zorder=3,
+                     label=f"{row['model']}: {row['parameters']:,} parameters, "
+                           f"{100 * row['accuracy']:.1f}%")
+    axes.set_xscale("log")
+    axes.margins(x=0.3, y=0.3)
+    axes.legend(loc="best", fontsize=8)
+    axes.set_xlabel("size on disk (KiB, log scale)")
+    axes.set_ylabel("test accuracy (%)")
+    axes.set_title("Accuracy against size")
+    axes.grid(alpha=0.3)
+    return figure
+
+
+def reliability_figure(curves):
+    """Reliability diagram: accuracy per confidence bin against the diagonal.
+
+    Args:
+        curves: `{name: reliability(...)}`, one curve per model; the legend
+            gives each model's ECE.
+
+    Returns:
+        A `Figure`: the diagram above, the share of samples per bin below.
+
+    Example:
+
+    ```python
+    reliability_figure({"teacher": reliability(probabilities, labels)})
+    ```
+    """
+    bins = len(next(iter(curves.values()))["count"])
+    figure = Figure(figsize=(6.4, 5.6))
+    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    top.plot([0, 1], [0, 1], color="gray", linestyle="--", label="perfect calibration")
+    width = 1 / (len(curves) + 1)
+    for i, (name, curve) in enumerate(curves.items()):
+        edges, filled = curve["edges"], curve["count"] > 0
+        top.plot(curve["confidence"][filled], curve["accuracy"][filled], marker="o",
+                 label=f"{name} (ECE {100 * curve['ece']:.2f}%)")
+        step = np.diff(edges)
+        bottom.bar(edges[:-1] + step * width * (i + 0.5), curve["count"] / curve["count"].sum(),
+                   width=step * width, align="edge", label=name)
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1.02)
+    top.set_ylabel("accuracy in the bin")
+    top.set_title(f"Reliability on the test split ({bins} equal-width bins)")
+    top.legend(loc="lower right", fontsize=8)
+    top.grid(alpha=0.3)
+    bottom.set_xlabel("confidence (largest predicted probability)")
+    bottom.set_ylabel("share of samples")
+    bottom.grid(alpha=0.3)
+    return figure
+
+
+def agreement_figure(agreement):
+    """Bar chart of student-teacher top-1 agreement per true class.
+
+    Args:
+        agreement: `(classes,)` agreements in [0, 1], as
+            `per_class_agreement` returns them.
+
+    Returns:
+        A `Figure`.
+
+    Example:
+
+    ```python
+    agreement_figure(np.array([0.98, 0.91, 1.0]))
+    ```
+    """
+    agreement = np.asarray(agreement)
+    figure = Figure(figsize=(6.4, 3.6))
+    axes = figure.add_subplot()
+    classes = np.arange(len(agreement))
+    axes.bar(classes, 100 * agreement)
+    for c, value in zip(classes, agreement):
+        if not np.isnan(value):
+            axes.annotate(f"{100 * value:.0f}", (c, 100 * value), xytext=(0, 2),
+                          textcoords="offset points", ha="center", fontsize=8)
+    axes.set_xticks(classes)
+    axes.set_ylim(0, 108)
+    axes.set_xlabel("true class")
+    axes.set_ylabel("agreement with the teacher (%)")
+    axes.set_title("Distilled student's top-1 agreement with the teacher, per class")
+    axes.grid(axis="y", alpha=0.3)
+    return figure
+
+
+def html_page(title, table, sections, note=None):
+    """One self-contained HTML page: a table, then captioned PNG figures.
+
+    Args:
+        title: the page's heading.
+        table: `(header, lines)`: column titles and rows of cells (str).
+        sections: `(heading, caption, png_bytes)` per figure, in order.
+        note: an optional paragraph under the table.
+
+    Returns:
+        The page as a string; figures are `data:image/png;base64,` images.
+
+    Example:
+
+    ```python
+    html_page("Demo", (("model", "accuracy"), [("teacher", "99.1%")]), [])
+    ```
+    """
+    header, lines = table
+    e = html.escape
+    head = "".join(f"<th>{e(cell)}</th>" for cell in header)
+    body = "".join("<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in line) + "</tr>\n"
+                   for line in lines)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:52em;margin:2em auto}"
+        "table{border-collapse:collapse}th,td{padding:.2em .8em;border-bottom:1px solid #ccc}"
+        "td+td,th+th{text-align:right}img{max-width:100%}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+        f"<table>\n<tr>{head}</tr>\n{body}</table>",
+    ]
+    if note:
+        parts.append(f"<p>{e(note)}</p>")
+    for heading, caption, data in sections:
+        image = base64.b64encode(data).decode("ascii")
+        parts += [f"<h2>{e(heading)}</h2>", f"<p>{e(caption)}</p>",
+                  f'<img src="data:image/png;base64,{image}" alt="{e(heading)}">']
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def write(path, rows, table, labels, teacher_probabilities, student_probabilities, note=None):
+    """Writes the demo's `report.html` (atomically, replacing a previous one).
+
+    Args:
+        path: the HTML file to write.
+        rows: the demo's rows (see `accuracy_figure`).
+        table: `(header, lines)` of the printed table.
+        labels: `(samples,)` test labels.
+        teacher_probabilities: `(samples, classes)` the teacher's test predictions.
+        student_probabilities: `(samples, classes)` the distilled student's.
+        note: an optional paragraph under the table.
+
+    Returns:
+        The ECE per model, `{"teacher": ..., "student, distilled": ...}`.
+
+    Example:
+
+    ```python
+    write("kd_output/report.html", rows, (header, lines), y_test, teacher_p, student_p)
+    ```
+    """
+    curves = {
+        "student, distilled": reliability(student_probabilities, labels),
+        "teacher": reliability(teacher_probabilities, labels),
+    }
+    student_top1 = np.argmax(student_probabilities, axis=-1)
+    teacher_top1 = np.argmax(teacher_probabilities, axis=-1)
+    agreement = per_class_agreement(student_top1, teacher_top1, labels,
+                                    np.shape(teacher_probabilities)[-1])
+    overall = float(np.mean(student_top1 == teacher_top1))
+    ece = {name: curve["ece"] for name, curve in curves.items()}
+    sections = [
+        ("Accuracy against size", "Test accuracy of each model against its file's size on disk; "
+         "the int8 .tflite file holds the distilled student's weights.", png(accuracy_figure(rows))),
+        ("Reliability", f"Accuracy per confidence bin on the test split ({BINS} equal-width bins) "
+         f"against the diagonal of perfect calibration. Expected calibration error: "
+         + ", ".join(f"{name} {100 * value:.2f}%" for name, value in ece.items()) + ".",
+         png(reliability_figure(curves))),
+        ("Agreement with the teacher", f"Share of test samples of each true class on which the "
+         f"distilled student's top-1 prediction is the teacher's; {100 * overall:.1f}% overall.",
+         png(agreement_figure(agreement))),
+    ]
+    page = html_page("keras-kd demo", table, sections, note)
+    # The demo rewrites its own folder, as it does its models.
+    with atomic_path(path, force=True) as partial:
+        with open(partial, "w", encoding="utf-8") as file:
+            file.write(page)
+    return ece
