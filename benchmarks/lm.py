@@ -191,7 +191,7 @@ def best_candidate(runs):
 
 
 def run(seeds, rows, runs_path, work, progress=print):
-    """Measures every (seed, row) not yet in `runs_path`; seed 0's
+    """Measures every (seed, row) of `seeds` not yet in `runs_path`; seed 0's
     divergence comparison decides which divergence the other seeds train."""
     os.makedirs(work, exist_ok=True)
     splits = demo_lm.load_splits()
@@ -200,7 +200,7 @@ def run(seeds, rows, runs_path, work, progress=print):
         with open(runs_path, "a") as file:
             file.write(json.dumps(result) + "\n")
 
-    for seed in range(seeds):
+    for seed in seeds:
         done = {r["row"] for r in load_runs(runs_path) if r["seed"] == seed}
         best = best_candidate(load_runs(runs_path))
         wanted = [row for row in rows if row not in done and (
@@ -275,6 +275,7 @@ def table(runs):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0, 1, ... N-1")
+    parser.add_argument("--seed", type=int, action="append", help="only this seed (repeatable)")
     parser.add_argument("--rows", nargs="+", default=None, help="rows to measure (default: all)")
     parser.add_argument("--runs", default=RUNS, help="JSON lines of every measured (seed, row)")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "keras_kd_lm_benchmark"),
@@ -283,7 +284,7 @@ if __name__ == "__main__":
     parser.add_argument("--table-only", action="store_true", help="print the tables of --runs")
     args = parser.parse_args()
     if not args.table_only:
-        run(args.seeds, args.rows or all_rows(), args.runs, args.work)
+        run(args.seed or range(args.seeds), args.rows or all_rows(), args.runs, args.work)
     text = f"{common.machine()}\n{table(load_runs(args.runs))}"
     print(text)
     with open(args.output, "w") as file:
