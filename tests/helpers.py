@@ -32,6 +32,17 @@ def numpy_log_softmax(z):
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
+def numpy_softmax(z):
+    """softmax over the last axis, in float64."""
+    return np.exp(numpy_log_softmax(z))
+
+
+def loss_value(loss, teacher, student, **kwargs):
+    """`loss.compute_loss` on float32 arrays of the given logits, as a float."""
+    return float(loss.compute_loss(keras.ops.array(teacher, "float32"),
+                                   keras.ops.array(student, "float32"), **kwargs))
+
+
 def numpy_kl(teacher_logits, student_logits, temperature=1.0, mask=None):
     """T² KL(softmax(t/T) || softmax(s/T)), averaged over (real) positions."""
     log_p = numpy_log_softmax(np.asarray(teacher_logits, np.float64) / temperature)
