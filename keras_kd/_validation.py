@@ -6,6 +6,7 @@ no Distiller (it is a leaf of the package).
 """
 
 import math
+import numbers
 
 import keras
 
@@ -39,7 +40,7 @@ def check_number(value, argument, minimum=None, maximum=None, strict=False):
     """
     if isinstance(value, keras.Variable):
         value = as_float(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(
             f"`{argument}` must be a number, but received {value!r} "
             f"of type {type(value).__name__}. Pass a float, e.g. "
@@ -64,6 +65,11 @@ def check_number(value, argument, minimum=None, maximum=None, strict=False):
             f"Pass a value {expected}."
         )
     return float(value)
+
+
+def is_whole_number(value):
+    """Whether `value` is an integer (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_flag(value, argument):

@@ -24,6 +24,7 @@ import inspect
 import keras
 from keras import ops
 
+from keras_kd import _validation
 from keras_kd._validation import check_number
 
 
@@ -207,12 +208,12 @@ class RandomShift(Augmentation):
     """
 
     def __init__(self, max_shift, seed=None):
-        if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
+        if not _validation.is_whole_number(max_shift) or max_shift < 0:
             raise ValueError(
                 f"`max_shift` must be a non-negative int, but received "
                 f"{max_shift!r}. Pass e.g. max_shift=4."
             )
-        self.max_shift = max_shift
+        self.max_shift = int(max_shift)
         self.seed = seed
         self._seed_generator = keras.random.SeedGenerator(seed)
 

@@ -231,6 +231,16 @@ class Distiller(keras.Model):
                 fidelity.get(m) for m in metrics if fidelity.is_fidelity_metric(m)
             )
             metrics = [m for m in metrics if not fidelity.is_fidelity_metric(m)] or None
+        weighted = kwargs.get("weighted_metrics")
+        misplaced = [m for m in weighted if fidelity.is_fidelity_metric(m)] if isinstance(
+            weighted, (list, tuple)) else []
+        if misplaced:
+            raise ValueError(
+                f"`weighted_metrics` received the fidelity metrics {misplaced}, which "
+                f"compare the student with the teacher (over real tokens for "
+                f"token-level outputs) and take no sample weights. Pass them in "
+                f"`metrics=` instead: compile(metrics={misplaced})."
+            )
         if self.student.dtype_policy.name == "mixed_float16" and not isinstance(
             optimizer, keras.optimizers.LossScaleOptimizer
         ):

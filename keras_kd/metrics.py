@@ -13,6 +13,8 @@ the one of the global batch under `tf.distribute`.
 import keras
 from keras import ops
 
+from keras_kd import _validation
+
 
 def class_ids(y_true, positions_shape, classes):
     """Labels as int32 class ids of shape `positions_shape`.
@@ -139,14 +141,14 @@ class CalibrationError(keras.metrics.Metric):
                 f"{model!r}. Pass model='student' for the student's "
                 f"calibration, 'teacher' for the teacher's."
             )
-        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        if not _validation.is_whole_number(bins) or bins < 1:
             raise ValueError(
                 f"`bins` must be a whole number >= 1, but received {bins!r}. "
                 f"Pass e.g. bins=15."
             )
         super().__init__(name=name or f"{model}_ece", **kwargs)
         self.model = model
-        self.bins = bins
+        self.bins = int(bins)
         self.counts = self.add_variable(shape=(self.bins,), initializer="zeros", name="counts")
         self.confidence = self.add_variable(
             shape=(self.bins,), initializer="zeros", name="confidence"

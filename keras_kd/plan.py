@@ -235,6 +235,12 @@ def stages(model, role="model"):
         ValueError: if the model has no symbolic graph, its feature maps
             have an unknown size, or never change resolution.
     """
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"The {role} must be a keras.Model, but received {type(model).__name__}: "
+            f"{model!r:.80}. Load a saved model first: "
+            f"keras.models.load_model('{role}.keras')."
+        )
     records, outputs = _flatten(model, role)
     on_main_path = _main_path(records, outputs)
     uses = {}

@@ -84,6 +84,10 @@ def test_bad_arguments_are_refused(kwargs, message):
         metrics.CalibrationError(**kwargs)
 
 
+def test_numpy_whole_numbers_are_accepted_as_bins():
+    assert metrics.CalibrationError(bins=np.int64(10)).bins == 10
+
+
 def test_calibration_error_round_trip():
     metric = metrics.CalibrationError("teacher", bins=10)
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(metric))
@@ -101,6 +105,13 @@ def distiller_with_fidelity(student_loss_weight=0.5):
                       metrics=["accuracy", "teacher_kl", "student_ece",
                                metrics.CalibrationError("teacher")])
     return distiller, teacher, student
+
+
+def test_fidelity_metrics_in_weighted_metrics_are_refused_at_compile():
+    distiller = keras_kd.Distiller(dense_classifier(16, name="teacher"), dense_classifier(4, name="student"))
+    with pytest.raises(ValueError, match=r"`weighted_metrics` received the fidelity metrics \['teacher_kl'\].*"
+                                         r"Pass them in `metrics=` instead"):
+        distiller.compile("sgd", loss=sparse_ce(), weighted_metrics=["accuracy", "teacher_kl"])
 
 
 def test_distiller_logs_the_fidelity_metrics_against_numpy():

@@ -153,6 +153,12 @@ def test_resnet50_to_mobilenetv3small_nested_in_a_wrapper():
         assert tuple(resolve_layer(student, pair.student_layer).output.shape) == pair.student_shape
 
 
+def test_a_path_instead_of_a_model_is_refused():
+    with pytest.raises(ValueError, match=r"The teacher must be a keras.Model, but received str: 't.keras'. "
+                                         r"Load a saved model first: keras.models.load_model"):
+        FeaturePlan("t.keras", demo.student_model())
+
+
 def test_a_subclassed_model_is_refused():
     class Student(keras.Model):
         def call(self, x):

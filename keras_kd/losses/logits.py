@@ -1,6 +1,7 @@
 """Logit distillation: losses between the teacher's and the student's logits."""
 
 import functools
+import numbers
 
 import keras
 import numpy as np
@@ -227,7 +228,7 @@ def _resolve(loss):
     which returns one value per position."""
     if loss is None:
         return None
-    if isinstance(loss, LogitsDistillation):
+    if isinstance(loss, DistillationLoss):
         raise ValueError(
             f"`loss` received the keras_kd loss {type(loss).__name__}(...), "
             f"which has a temperature of its own, so one of the two "
@@ -815,11 +816,14 @@ class MLKD(DistillationLoss):
     validate_model_compatibility = LogitsDistillation.validate_model_compatibility
 
     def __init__(self, temperatures=(2.0, 3.0, 4.0, 5.0, 6.0), name=None):
-        if isinstance(temperatures, (int, float)):
+        if isinstance(temperatures, numbers.Real):
             temperatures = [temperatures]
+        if isinstance(temperatures, np.ndarray):
+            temperatures = temperatures.ravel().tolist()
         if not isinstance(temperatures, (list, tuple)) or not temperatures:
             raise ValueError(
-                f"`temperatures` must be a non-empty list of positive numbers, "
+                f"`temperatures` must be a positive number or a non-empty list "
+                f"of them, "
                 f"but received {temperatures!r}. Pass e.g. "
                 f"temperatures=(2.0, 3.0, 4.0, 5.0, 6.0)."
             )

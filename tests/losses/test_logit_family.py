@@ -88,10 +88,22 @@ def test_family_is_usable_through_logits_distillation(name, cls):
     assert value(through) == pytest.approx(value(cls()), rel=1e-6)
 
 
-def test_a_keras_kd_loss_inside_another_is_refused_not_given_two_temperatures():
-    with pytest.raises(ValueError, match=r"`loss` received the keras_kd loss DKD\(...\), which has a "
-                                         r"temperature of its own.*distillation_losses=\[DKD\(temperature"):
-        keras_kd.LogitsDistillation(temperature=4.0, loss=losses.DKD(temperature=9.0))
+@pytest.mark.parametrize("inner", [losses.DKD(temperature=9.0), losses.CTKD(), losses.MLKD()],
+                         ids=["DKD", "CTKD", "MLKD"])
+def test_a_keras_kd_loss_inside_another_is_refused_not_given_two_temperatures(inner):
+    name = type(inner).__name__
+    with pytest.raises(ValueError, match=rf"`loss` received the keras_kd loss {name}\(...\), which has a "
+                                         rf"temperature of its own.*distillation_losses=\[{name}\(temperature"):
+        keras_kd.LogitsDistillation(temperature=4.0, loss=inner)
+
+
+def test_numpy_scalars_are_numbers():
+    assert losses.LogitStandardization(temperature=np.float32(2)).temperature == 2.0
+    assert keras_kd.LogitsDistillation(np.int64(3)).temperature == 3.0
+    assert losses.MLKD(temperatures=np.array([2.0, 3.0])).temperatures == (2.0, 3.0)
+    assert losses.MLKD(temperatures=(np.float32(2.0),)).temperatures == (2.0,)
+    with pytest.raises(ValueError, match=r"`temperature` must be a number, but received np.True_"):
+        keras_kd.LogitsDistillation(np.bool_(True))
 
 
 def test_losses_that_define_their_divergence_carry_no_unused_loss():
