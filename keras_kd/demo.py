@@ -98,12 +98,26 @@ def train_on_labels(model, x, y, epochs, augmentation=None, seed=None, callbacks
     return model
 
 
-def distiller_recipe(teacher, student, epochs, samples, seed=None):
+def distiller_recipe(teacher, student, epochs, samples, seed=None, augmentation=True,
+                     temperature=1.0):
     """keras_kd's recipe for MNIST-1D: consistent augmentation, pure distillation.
 
     Teacher and student see the same shifted, CutMix-ed view of each batch;
     the student learns the teacher's whole distribution (T=1) on it, without
-    hard labels, for the whole (patient) schedule.
+    hard labels, for the whole (patient) schedule. `recipe_settings` says
+    when to drop the augmentation (many unlabelled inputs).
+
+    Args:
+        teacher: the trained teacher.
+        student: the student to train.
+        epochs: epochs of the schedule.
+        samples: samples per epoch (with `epochs`, the cosine decay's length).
+        seed: the augmentation's seed.
+        augmentation: `False` trains on the inputs as they are.
+        temperature: the softmax temperature of the teacher-only loss.
+
+    Returns:
+        A compiled `Distiller`; it needs no labels.
 
     Reference:
         Beyer et al., "Knowledge distillation: A good teacher is patient and
@@ -112,12 +126,32 @@ def distiller_recipe(teacher, student, epochs, samples, seed=None):
     distiller = Distiller(
         teacher,
         student,
-        LogitsDistillation(temperature=1.0),
+        LogitsDistillation(temperature=temperature),
         student_loss_weight=0.0,
-        augmentation=recipe_augmentation(seed),
+        augmentation=recipe_augmentation(seed) if augmentation else None,
     )
     distiller.compile(optimizer(epochs, samples), metrics=["accuracy"])
     return distiller
+
+
+PLENTIFUL_INPUTS = 4  # unlabelled inputs per labelled one from which augmentation is dropped
+
+
+def recipe_settings(labelled, unlabelled=0):
+    """The recipe's options (`distiller_recipe`'s) for the data at hand.
+
+    Rule: consistent shift + CutMix at T=1 while inputs are scarce; without
+    augmentation, at T=1, once there are at least `PLENTIFUL_INPUTS` times as
+    many unlabelled inputs as labelled ones.
+
+    Args:
+        labelled: the number of labelled training inputs.
+        unlabelled: the number of further inputs without labels.
+
+    Returns:
+        `{"augmentation": bool, "temperature": float}`.
+    """
+    return {"augmentation": unlabelled < PLENTIFUL_INPUTS * labelled, "temperature": 1.0}
 
 
 def run(output=None, quick=False, epochs=None, seed=0):
