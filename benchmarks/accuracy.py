@@ -111,6 +111,11 @@ LOSSES = {
 # ------------------------------------------------------------ table 1
 
 
+def say(*args):
+    """`print`, flushed (progress lines of a run in the background)."""
+    print(*args, flush=True)
+
+
 def yardstick(seed, epochs, samples):
     """The student from labels alone on 11x fresh data, for as many steps as
     `epochs` over `samples`."""
@@ -289,7 +294,7 @@ def knows_more_seed(seed, epochs):
             for row, m in models.items()}
 
 
-def compare_recipes(seed, epochs, progress=print):
+def compare_recipes(seed, epochs, progress=say):
     """Validation accuracy of each candidate recipe, on the 3,600 and on the
     pool, and of the teacher with and without augmentation (one seed)."""
     (x, _), (x_val, y_val), _ = benchmark_data(seed)
@@ -310,7 +315,7 @@ def compare_recipes(seed, epochs, progress=print):
             + common.markdown_table(["candidate", "on the 3,600", "on 3,600 + 36,400 unlabelled"], rows))
 
 
-def compare_losses(seed, epochs, progress=print):
+def compare_losses(seed, epochs, progress=say):
     """Validation accuracy of one student per logit loss in `LOSSES`, on the
     table-2 teacher and the pool of 40,000 inputs (one seed)."""
     _, (x_val, y_val), _ = benchmark_data(seed)
@@ -333,7 +338,7 @@ SEED_FUNCTIONS = {SAME_DATA: same_data_seed, TEACHER_KNOWS_MORE: knows_more_seed
 TABLE_ROWS = {SAME_DATA: ROWS, TEACHER_KNOWS_MORE: KNOWS_MORE_ROWS}
 
 
-def run(seeds, epochs, which=SAME_DATA, progress=print):
+def run(seeds, epochs, which=SAME_DATA, progress=say):
     """`[{row: (validation, test)} per seed]` of one table."""
     results = []
     for seed in seeds:
@@ -396,20 +401,25 @@ def main():
                         help="validation accuracy of each logit loss in LOSSES (first seed)")
     parser.add_argument("--output", default=RESULTS, help="also write the tables here")
     args = parser.parse_args()
-    seeds = list(range(args.seeds))
-    which = [SAME_DATA, TEACHER_KNOWS_MORE] if args.table == "both" else [args.table] * (args.table != "none")
-    print(common.machine())
-    for name in which:
-        text = table(run(seeds, args.epochs, name), args.epochs, name)
-        print(f"\n## {name}\n\n{text}", flush=True)
-        write_section(args.output, name, text)
-    for wanted, title, compare in ((args.compare_recipes, RECIPES, compare_recipes),
-                                   (args.compare_losses, LOSS_COMPARISON, compare_losses)):
-        if wanted:
-            text = compare(seeds[0], args.epochs)
-            print(f"\n## {title}\n\n{text}", flush=True)
-            write_section(args.output, title, text)
+    tables = [SAME_DATA, TEACHER_KNOWS_MORE] if args.table == "both" else [args.table] * (args.table != "none")
+    measure(args.seeds, args.epochs, tables, args.compare_recipes, args.compare_losses, args.output)
 
+
+def measure(seeds, epochs, tables=(SAME_DATA, TEACHER_KNOWS_MORE), recipes=False, losses=False,
+            output=RESULTS, progress=say):
+    """Runs the named tables (and comparisons) over seeds 0..`seeds`-1,
+    printing each and writing it to its section of `output`."""
+    progress(common.machine())
+    seeds = list(range(seeds))
+    parts = [(name, lambda name=name: table(run(seeds, epochs, name, progress), epochs, name))
+             for name in tables]
+    parts += [(title, lambda compare=compare: compare(seeds[0], epochs, progress))
+              for wanted, title, compare in ((recipes, RECIPES, compare_recipes),
+                                             (losses, LOSS_COMPARISON, compare_losses)) if wanted]
+    for title, make in parts:
+        text = make()
+        progress(f"\n## {title}\n\n{text}")
+        write_section(output, title, text)
 
 if __name__ == "__main__":
     main()
