@@ -92,10 +92,11 @@ KNOWS_MORE_ROWS = [
 # Candidate recipes, chosen between on the validation split
 # (keras_kd.demo.distiller_recipe's keyword arguments).
 RECIPE_CANDIDATES = {
-    "shift + CutMix, T=1": dict(augmentation=True, temperature=1.0),
-    "shift + CutMix, T=2": dict(augmentation=True, temperature=2.0),
-    "no augmentation, T=1": dict(augmentation=False, temperature=1.0),
-    "no augmentation, T=2": dict(augmentation=False, temperature=2.0),
+    "shift + CutMix, T=1": dict(augmentation="shift + CutMix", temperature=1.0),
+    "shift + CutMix, T=2": dict(augmentation="shift + CutMix", temperature=2.0),
+    "shift, T=1": dict(augmentation="shift", temperature=1.0),
+    "no augmentation, T=1": dict(augmentation="none", temperature=1.0),
+    "no augmentation, T=2": dict(augmentation="none", temperature=2.0),
 }
 
 # The logit losses of --compare-losses: one line each.
@@ -269,9 +270,8 @@ def recipe_student(seed, epochs, x, unlabelled, settings=None, loss=None):
         distiller = demo.distiller_recipe(teacher, demo.student_model(), epochs, labelled, seed,
                                           **settings)
     else:
-        augmentation = demo.recipe_augmentation(seed) if settings["augmentation"] else None
         distiller = keras_kd.Distiller(teacher, demo.student_model(), loss, student_loss_weight=0.0,
-                                       augmentation=augmentation)
+                                       augmentation=demo.recipe_augmentation(seed, settings["augmentation"]))
         distiller.compile(demo.optimizer(epochs, labelled))
     return distill_for_steps(distiller, x, epochs, seed)
 
@@ -327,7 +327,7 @@ def compare_losses(seed, epochs, progress=say):
         rows.append([name, f"{100 * demo.accuracy(student, x_val, y_val):.1f}"])
         progress(" | ".join(rows[-1]))
     return (f"seed {seed}, {epochs} x 57 steps, teacher only, on 3,600 + 36,400 unlabelled inputs, "
-            f"augmentation {'on' if settings['augmentation'] else 'off'}\n\n"
+            f"augmentation: {settings['augmentation']}\n\n"
             + common.markdown_table(["logit loss", "validation %"], rows))
 
 

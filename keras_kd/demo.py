@@ -63,10 +63,24 @@ def hard_label_loss():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def recipe_augmentation(seed=None):
+AUGMENTATIONS = ("shift + CutMix", "shift", "none")
+
+
+def recipe_augmentation(seed=None, kind="shift + CutMix"):
     """The augmentation every demo model trains with: random shifts, then
-    CutMix (a window of another sample pasted in)."""
-    return augment.Pipeline([augment.RandomShift(6, seed=seed), augment.CutMix(seed=seed)])
+    CutMix (a window of another sample pasted in).
+
+    Args:
+        seed: the augmentation's seed.
+        kind: one of `AUGMENTATIONS`: `"shift"` leaves CutMix out,
+            `"none"` returns `None` (no augmentation).
+    """
+    if kind not in AUGMENTATIONS:
+        raise ValueError(f"Unknown augmentation {kind!r}; pass one of {AUGMENTATIONS}.")
+    if kind == "none":
+        return None
+    shift = augment.RandomShift(6, seed=seed)
+    return shift if kind == "shift" else augment.Pipeline([shift, augment.CutMix(seed=seed)])
 
 
 def labelled_batches(x, y, augmentation=None, seed=None):
@@ -98,7 +112,7 @@ def train_on_labels(model, x, y, epochs, augmentation=None, seed=None, callbacks
     return model
 
 
-def distiller_recipe(teacher, student, epochs, samples, seed=None, augmentation=True,
+def distiller_recipe(teacher, student, epochs, samples, seed=None, augmentation="shift + CutMix",
                      temperature=1.0):
     """keras_kd's recipe for MNIST-1D: consistent augmentation, pure distillation.
 
@@ -113,7 +127,8 @@ def distiller_recipe(teacher, student, epochs, samples, seed=None, augmentation=
         epochs: epochs of the schedule.
         samples: samples per epoch (with `epochs`, the cosine decay's length).
         seed: the augmentation's seed.
-        augmentation: `False` trains on the inputs as they are.
+        augmentation: one of `AUGMENTATIONS` (`recipe_augmentation`'s
+            kinds); `"none"` trains on the inputs as they are.
         temperature: the softmax temperature of the teacher-only loss.
 
     Returns:
@@ -128,7 +143,7 @@ def distiller_recipe(teacher, student, epochs, samples, seed=None, augmentation=
         student,
         LogitsDistillation(temperature=temperature),
         student_loss_weight=0.0,
-        augmentation=recipe_augmentation(seed) if augmentation else None,
+        augmentation=recipe_augmentation(seed, augmentation),
     )
     distiller.compile(optimizer(epochs, samples), metrics=["accuracy"])
     return distiller
@@ -149,9 +164,11 @@ def recipe_settings(labelled, unlabelled=0):
         unlabelled: the number of further inputs without labels.
 
     Returns:
-        `{"augmentation": bool, "temperature": float}`.
+        `distiller_recipe`'s options: `{"augmentation": one of
+        AUGMENTATIONS, "temperature": float}`.
     """
-    return {"augmentation": unlabelled < PLENTIFUL_INPUTS * labelled, "temperature": 1.0}
+    plentiful = unlabelled >= PLENTIFUL_INPUTS * labelled
+    return {"augmentation": "none" if plentiful else "shift + CutMix", "temperature": 1.0}
 
 
 def run(output=None, quick=False, epochs=None, seed=0):
