@@ -2,7 +2,7 @@
 
     python -m benchmarks.accuracy [--seeds 3] [--epochs 300]
         [--table same-data|teacher-knows-more|both|none]
-        [--compare-recipes] [--compare-losses]
+        [--compare-recipes [NAME ...]] [--compare-losses]
 
 Every figure is the model after its last epoch (no best-epoch selection),
 given as mean ± sample standard deviation over seeds 0..N-1 (`--seeds N`).
@@ -294,18 +294,20 @@ def knows_more_seed(seed, epochs):
             for row, m in models.items()}
 
 
-def compare_recipes(seed, epochs, progress=say):
-    """Validation accuracy of each candidate recipe, on the 3,600 and on the
-    pool, and of the teacher with and without augmentation (one seed)."""
+def compare_recipes(seed, epochs, progress=say, names=None):
+    """Validation accuracy of each candidate recipe (those `names` of
+    `RECIPE_CANDIDATES`, default all), on the 3,600 and on the pool, and of
+    the teacher with and without augmentation (one seed)."""
     (x, _), (x_val, y_val), _ = benchmark_data(seed)
     unlabelled = len(knows_more_data(seed)[1][0])
     teachers = []
-    for augmented in (True, False):
+    for augmented in (True,) if names else (True, False):  # the teacher's own choice: all only
         accuracy = demo.accuracy(big_teacher(seed, epochs, augmented), x_val, y_val)
         teachers.append(f"{'shift + CutMix' if augmented else 'no augmentation'} {100 * accuracy:.1f}")
         progress(f"teacher: {teachers[-1]}")
     rows = []
-    for name, settings in RECIPE_CANDIDATES.items():
+    for name in names or RECIPE_CANDIDATES:
+        settings = RECIPE_CANDIDATES[name]
         scores = [demo.accuracy(recipe_student(seed, epochs, data, count, settings), x_val, y_val)
                   for data, count in ((x, 0), (pool(seed), unlabelled))]
         rows.append([f"keras_kd recipe, {name}", *(f"{100 * s:.1f}" for s in scores)])
@@ -395,8 +397,9 @@ def main():
     parser.add_argument("--seeds", type=int, default=3, help="how many seeds: 0..N-1")
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--table", choices=[SAME_DATA, TEACHER_KNOWS_MORE, "both", "none"], default="both")
-    parser.add_argument("--compare-recipes", action="store_true",
-                        help="validation accuracy of each candidate recipe (first seed)")
+    parser.add_argument("--compare-recipes", nargs="*", choices=list(RECIPE_CANDIDATES), default=None,
+                        metavar="NAME", help="validation accuracy of each candidate recipe, or of those "
+                        f"named (first seed): {', '.join(RECIPE_CANDIDATES)}")
     parser.add_argument("--compare-losses", action="store_true",
                         help="validation accuracy of each logit loss in LOSSES (first seed)")
     parser.add_argument("--output", default=RESULTS, help="also write the tables here")
@@ -405,17 +408,22 @@ def main():
     measure(args.seeds, args.epochs, tables, args.compare_recipes, args.compare_losses, args.output)
 
 
-def measure(seeds, epochs, tables=(SAME_DATA, TEACHER_KNOWS_MORE), recipes=False, losses=False,
+def measure(seeds, epochs, tables=(SAME_DATA, TEACHER_KNOWS_MORE), recipes=None, losses=False,
             output=RESULTS, progress=say):
     """Runs the named tables (and comparisons) over seeds 0..`seeds`-1,
-    printing each and writing it to its section of `output`."""
+    printing each and writing it to its section of `output`.
+
+    `recipes`: `None`, or the candidate recipes to compare (`[]`: all).
+    """
     progress(common.machine())
     seeds = list(range(seeds))
     parts = [(name, lambda name=name: table(run(seeds, epochs, name, progress), epochs, name))
              for name in tables]
-    parts += [(title, lambda compare=compare: compare(seeds[0], epochs, progress))
-              for wanted, title, compare in ((recipes, RECIPES, compare_recipes),
-                                             (losses, LOSS_COMPARISON, compare_losses)) if wanted]
+    if recipes is not None:
+        title = RECIPES + (f": {', '.join(recipes)}" if recipes else "")
+        parts.append((title, lambda: compare_recipes(seeds[0], epochs, progress, recipes)))
+    if losses:
+        parts.append((LOSS_COMPARISON, lambda: compare_losses(seeds[0], epochs, progress)))
     for title, make in parts:
         text = make()
         progress(f"\n## {title}\n\n{text}")
