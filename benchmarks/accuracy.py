@@ -27,8 +27,9 @@ teacher's, from the benchmark's and from the test split). Every row of this
 table, the teacher's included, trains for exactly `epochs` x 57 optimizer
 steps (17,100 at the default 300 epochs: 300 epochs of the 3,600, 27.4 of
 40,000). The keras_kd rows use the recipe `keras_kd.demo.recipe_settings`
-picks for the data at hand (the rule and the validation figures behind it
-are in its docstring; `--compare-recipes` measures them again). keras_kd's
+picks for the data at hand (the rule and the validation figures behind it,
+with its tie rule: candidates within one validation sample are tied, are in
+its docstring; `--compare-recipes` measures them again). keras_kd's
 recipe is teacher-only (student_loss_weight=0), so on 3,600 labelled + 36,400
 unlabelled inputs it distills on the pool of all 40,000 inputs and uses no
 label at all. The yardstick there is the student trained from labels on that
