@@ -63,8 +63,10 @@ def main():
         "## Teacher-output cache (`python -m benchmarks.cache`)",
         cache.tables(cache.run(args.repeats, 10)),
         "## Accuracy on MNIST-1D (`python -m benchmarks.accuracy`)",
-        f"Test accuracy of the student (teacher in the first row), {accuracy_source}:",
+        f"Test accuracy of the student (teacher in the first row), {accuracy_source} "
+        "(`python -m benchmarks.accuracy --seeds 3`):",
         accuracy_text,
+        accuracy.FINDINGS,
         "## Language models: held-out bits per byte (`python -m benchmarks.lm`)",
         f"Byte-level GPT-2-style LMs (KerasHub) on the standard library's docstrings, {lm_source}:",
         lm_text,
