@@ -1,10 +1,11 @@
 """Runs every benchmark side by side with keras.distillation; writes BENCHMARKS.md.
 
     python -m benchmarks.run_all [--output BENCHMARKS.md] [--repeats 7]
-                                 [--accuracy-seeds 0 1 2] [--accuracy-epochs 300]
+                                 [--accuracy-seeds 3] [--accuracy-epochs 300]
 
 Takes about 10 minutes on 2 CPU cores; the accuracy table is read from the
-accuracy benchmark's last results unless --rerun-accuracy (30 more minutes),
+accuracy benchmark's last results unless --rerun-accuracy (its two tables: an
+hour or more),
 the language-model table from `python -m benchmarks.lm`'s (about an hour; run
 here only when its results file is missing).
 """
@@ -20,21 +21,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="BENCHMARKS.md")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--accuracy-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--accuracy-seeds", type=int, default=3, help="seeds 0..N-1")
     parser.add_argument("--accuracy-epochs", type=int, default=300)
     parser.add_argument(
         "--rerun-accuracy", action="store_true",
-        help=f"rerun the accuracy benchmark (30 minutes) instead of reading {accuracy.RESULTS}",
+        help=f"rerun the accuracy benchmark (an hour or more) instead of reading {accuracy.RESULTS}",
     )
     args = parser.parse_args()
     if args.rerun_accuracy or not os.path.exists(accuracy.RESULTS):
-        accuracy_text = accuracy.table(
-            accuracy.run(args.accuracy_seeds, args.accuracy_epochs), args.accuracy_epochs)
+        accuracy.measure(args.accuracy_seeds, args.accuracy_epochs)
         accuracy_source = "measured now"
     else:
-        with open(accuracy.RESULTS) as file:
-            accuracy_text = file.read().strip()
         accuracy_source = f"as last written to `{accuracy.RESULTS}` by `python -m benchmarks.accuracy`"
+
+    with open(accuracy.RESULTS) as file:  # its sections one level down here
+        accuracy_text = file.read().strip().replace("\n## ", "\n### ")
 
     if os.path.exists(lm.RESULTS):
         with open(lm.RESULTS) as file:
@@ -62,8 +63,10 @@ def main():
         "## Teacher-output cache (`python -m benchmarks.cache`)",
         cache.tables(cache.run(args.repeats, 10)),
         "## Accuracy on MNIST-1D (`python -m benchmarks.accuracy`)",
-        f"Test accuracy of the student (teacher in the first row), {accuracy_source}:",
+        f"Test accuracy of the student (teacher in the first row), {accuracy_source} "
+        "(`python -m benchmarks.accuracy --seeds 3`):",
         accuracy_text,
+        accuracy.FINDINGS,
         "## Language models: held-out bits per byte (`python -m benchmarks.lm`)",
         f"Byte-level GPT-2-style LMs (KerasHub) on the standard library's docstrings, {lm_source}:",
         lm_text,

@@ -1,0 +1,27 @@
+"""keras_kd.demo: the recipe's options and the rule that picks them."""
+
+import pytest
+
+from keras_kd import augment, demo
+
+
+def test_recipe_keeps_augmentation_while_inputs_are_scarce_and_drops_it_when_plentiful():
+    assert demo.recipe_settings(3600) == {"augmentation": "shift + CutMix", "temperature": 1.0}
+    few = demo.PLENTIFUL_INPUTS * 3600 - 1
+    assert demo.recipe_settings(3600, few)["augmentation"] == "shift + CutMix"
+    assert demo.recipe_settings(3600, 36_400) == {"augmentation": "none", "temperature": 1.0}
+
+
+def test_recipe_augmentation_kinds():
+    assert isinstance(demo.recipe_augmentation(0), augment.Pipeline)
+    assert isinstance(demo.recipe_augmentation(0, "shift"), augment.RandomShift)
+    assert demo.recipe_augmentation(0, "none") is None
+    with pytest.raises(ValueError, match="Unknown augmentation 'flip'"):
+        demo.recipe_augmentation(0, "flip")
+
+
+def test_distiller_recipe_takes_augmentation_and_temperature():
+    distiller = demo.distiller_recipe(demo.teacher_model(), demo.student_model(), 1, 64,
+                                      augmentation="none", temperature=2.0)
+    assert distiller.augmentation is None
+    assert float(distiller.distillation_losses[0].temperature) == 2.0
