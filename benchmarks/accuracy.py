@@ -2,7 +2,7 @@
 
     python -m benchmarks.accuracy [--seeds 3] [--epochs 300]
         [--table same-data|teacher-knows-more|both|none]
-        [--compare-recipes [NAME ...]] [--compare-losses]
+        [--compare-recipes [NAME ...]] [--compare-losses [NAME ...]]
 
 Every figure is the model after its last epoch (no best-epoch selection),
 given as mean ± sample standard deviation over seeds 0..N-1 (`--seeds N`).
@@ -107,6 +107,9 @@ LOSSES = {
     "DIST, T=1": lambda: kd_losses.DIST(),
     "reverse KL, T=1": lambda: kd_losses.ReverseKL(),
     "generalized JSD, beta 0.5": lambda: kd_losses.GeneralizedJSD(),
+    "logit standardization, T=2": lambda: kd_losses.LogitStandardization(),
+    "CTKD (learned temperature)": lambda: kd_losses.CTKD(),
+    "MLKD, T=2..6": lambda: kd_losses.MLKD(),
 }
 
 
@@ -329,15 +332,16 @@ def compare_recipes(seed, epochs, progress=say, names=None):
             + common.markdown_table(["candidate", "on the 3,600", "on 3,600 + 36,400 unlabelled"], rows))
 
 
-def compare_losses(seed, epochs, progress=say):
-    """Validation accuracy of one student per logit loss in `LOSSES`, on the
-    table-2 teacher and the pool of 40,000 inputs (one seed)."""
+def compare_losses(seed, epochs, progress=say, names=None):
+    """Validation accuracy of one student per logit loss in `LOSSES` (those
+    `names`, default all), on the table-2 teacher and the pool of 40,000
+    inputs (one seed)."""
     _, (x_val, y_val), _ = benchmark_data(seed)
     unlabelled = len(knows_more_data(seed)[1][0])
     settings = demo.recipe_settings(len(benchmark_data(seed)[0][0]), unlabelled)
     rows = []
-    for name, make in LOSSES.items():
-        student = recipe_student(seed, epochs, pool(seed), unlabelled, settings, make())
+    for name in names or LOSSES:
+        student = recipe_student(seed, epochs, pool(seed), unlabelled, settings, LOSSES[name]())
         rows.append([name, f"{100 * demo.accuracy(student, x_val, y_val):.1f}"])
         progress(" | ".join(rows[-1]))
     return (f"seed {seed}, {epochs} x 57 steps, teacher only, on 3,600 + 36,400 unlabelled inputs, "
@@ -413,20 +417,22 @@ def main():
     parser.add_argument("--compare-recipes", nargs="*", choices=list(RECIPE_CANDIDATES), default=None,
                         metavar="NAME", help="validation accuracy of each candidate recipe, or of those "
                         f"named (first seed): {', '.join(RECIPE_CANDIDATES)}")
-    parser.add_argument("--compare-losses", action="store_true",
-                        help="validation accuracy of each logit loss in LOSSES (first seed)")
+    parser.add_argument("--compare-losses", nargs="*", choices=list(LOSSES), default=None, metavar="NAME",
+                        help="validation accuracy of each logit loss in LOSSES, or of those named "
+                        f"(first seed): {', '.join(LOSSES)}")
     parser.add_argument("--output", default=RESULTS, help="also write the tables here")
     args = parser.parse_args()
     tables = [SAME_DATA, TEACHER_KNOWS_MORE] if args.table == "both" else [args.table] * (args.table != "none")
     measure(args.seeds, args.epochs, tables, args.compare_recipes, args.compare_losses, args.output)
 
 
-def measure(seeds, epochs, tables=(SAME_DATA, TEACHER_KNOWS_MORE), recipes=None, losses=False,
+def measure(seeds, epochs, tables=(SAME_DATA, TEACHER_KNOWS_MORE), recipes=None, losses=None,
             output=RESULTS, progress=say):
     """Runs the named tables (and comparisons) over seeds 0..`seeds`-1,
     printing each and writing it to its section of `output`.
 
-    `recipes`: `None`, or the candidate recipes to compare (`[]`: all).
+    `recipes`, `losses`: `None`, or the candidate recipes / logit losses
+    to compare (`[]`: all).
     """
     progress(common.machine())
     seeds = list(range(seeds))
@@ -435,8 +441,9 @@ def measure(seeds, epochs, tables=(SAME_DATA, TEACHER_KNOWS_MORE), recipes=None,
     if recipes is not None:
         title = RECIPES + (f": {', '.join(recipes)}" if recipes else "")
         parts.append((title, lambda: compare_recipes(seeds[0], epochs, progress, recipes)))
-    if losses:
-        parts.append((LOSS_COMPARISON, lambda: compare_losses(seeds[0], epochs, progress)))
+    if losses is not None:
+        title = LOSS_COMPARISON + (f": {', '.join(losses)}" if losses else "")
+        parts.append((title, lambda: compare_losses(seeds[0], epochs, progress, losses)))
     for title, make in parts:
         text = make()
         progress(f"\n## {title}\n\n{text}")

@@ -287,6 +287,13 @@ def table(runs):
     return text
 
 
+def measure(seeds, runs_path=RUNS, work=None):
+    """Runs every row on seeds 0..`seeds`-1 (what is not in `runs_path` yet);
+    returns the tables' text."""
+    run(range(seeds), all_rows(), runs_path, work or os.path.join(tempfile.gettempdir(), "keras_kd_lm_benchmark"))
+    return f"{common.machine()}\n{table(load_runs(runs_path))}"
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0, 1, ... N-1")
