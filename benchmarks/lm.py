@@ -240,11 +240,11 @@ def table(runs):
     def line(row, name=None):
         results = [by_row[row][s] for s in sorted(by_row[row])]
         tests = [r["test"] for r in results]
-        std = statistics.stdev(tests) if len(tests) > 1 else float("nan")
         mean = statistics.mean(tests)
+        spread = f"{mean:.3f} ± {statistics.stdev(tests):.3f}" if len(tests) > 1 else f"{mean:.3f}"
         versus = "" if row == TEACHER else f"{100 * (mean / labels - 1):+.1f}%"
         return [name or row, len(results), f"{statistics.mean(r['validation'] for r in results):.3f}",
-                f"{mean:.3f} ± {std:.3f}", versus, " / ".join(f"{t:.3f}" for t in tests)]
+                spread, versus, " / ".join(f"{t:.3f}" for t in tests)]
 
     order = [TEACHER, LABELS, KERAS, kd_row(FORWARD_KL)]
     if best and best != FORWARD_KL:
