@@ -121,9 +121,9 @@ def test_mlkd_refuses_a_token_mask():
 
 @pytest.mark.parametrize(
     "temperatures, message",
-    [((), r"`temperatures` must be a non-empty list of positive numbers, but received \(\)"),
+    [((), r"`temperatures` must be a positive number or a non-empty list of them, but received \(\)"),
      ((2.0, 0.0), r"`temperatures\[1\]` must be > 0.0, but received 0.0"),
-     ("hot", r"`temperatures` must be a non-empty list.*received 'hot'")],
+     ("hot", r"`temperatures` must be a positive number or a non-empty list.*received 'hot'")],
 )
 def test_mlkd_bad_temperatures_are_refused(temperatures, message):
     with pytest.raises(ValueError, match=message):
