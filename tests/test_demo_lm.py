@@ -32,6 +32,21 @@ def test_pieces_cut_at_line_ends_within_the_byte_budget_and_lose_nothing():
     assert result[4:] == ["é" * 6, "é" * 6, "é" * 6, "éé\nend"]  # never inside a character
 
 
+def test_every_model_of_the_demo_sees_the_same_batches():
+    texts = [f"{chr(65 + i)} piece" for i in range(12)]  # A..L
+    make = demo_lm.fresh_batches(texts, demo_lm.preprocessor(sequence_length=16), batch_size=4, seed=0)
+
+    def orders(dataset, epochs):  # the first token after the start token, per row, per epoch
+        return [np.concatenate([x["token_ids"].numpy()[:, 1] for x, _, _ in dataset]).tolist()
+                for _ in range(epochs)]
+
+    first = make()
+    seen = orders(first, 2)
+    assert sorted(seen[0]) == sorted(seen[1]) and seen[0] != seen[1]  # reshuffled each epoch
+    assert orders(make(), 2) == seen  # a fresh dataset starts the same sequence of orders
+    assert orders(first, 1)[0] != seen[0]  # iterating the same one again continues it
+
+
 def test_bits_per_byte_is_the_masked_mean_nll_in_bits():
     vocabulary, length = 7, 5
     token_ids = keras.Input((length,), dtype="int32", name="token_ids")
