@@ -250,6 +250,7 @@ class Distiller(keras.Model):
         super().compile(
             optimizer=optimizer, loss=loss, metrics=metrics, **kwargs
         )
+        self._hard_label_loss_weights = kwargs.get("loss_weights")
         if self.jit_compile and self._augment is not None and not self._augment.supports_jit:
             if kwargs.get("jit_compile") is True:
                 raise ValueError(
@@ -456,7 +457,21 @@ class Distiller(keras.Model):
                 hard.append(_unscaled(ops.cast(value, "float32")))
             return _total(hard)
 
-        if compiled_loss is None or not targets:
+        fused = self._fused_term(targets, teacher_outputs, student_outputs, training, mask)
+        precomputed = {}
+        if fused is not None and _traced_value(self.student_loss_weight) != 0:
+            # One gradient pass for the hard labels and the forward KL.
+            term, y = fused, targets[0][0]
+            teacher, student = self._pair(term, teacher_outputs, student_outputs, training)
+            term.loss.validate_outputs(teacher, student)
+            value, cross_entropy = term.loss.compute_loss_and_cross_entropy(
+                teacher, student, y, mask)
+            precomputed[term.name] = ops.cast(value, "float32")
+            hard_label = _PerPositionLoss(self.loss)
+            student_loss = _unscaled(ops.cast(
+                hard_label(y, cross_entropy, _combine(sample_weight, None)), "float32"))
+            self._traced_without_hard_labels = False
+        elif compiled_loss is None or not targets:
             student_loss = _total([])
         elif training and _traced_value(self.student_loss_weight) == 0:
             # Left out of the traced step while its weight is 0 (for a
@@ -480,8 +495,8 @@ class Distiller(keras.Model):
         terms = {"student_loss": student_loss}
         weighted = []
         for term, loss_weight in zip(self._terms, self.distillation_loss_weights):
-            terms[term.name] = self._term_value(
-                term, teacher_outputs, student_outputs, training, targets, mask
+            terms[term.name] = precomputed.get(term.name) if term.name in precomputed else (
+                self._term_value(term, teacher_outputs, student_outputs, training, targets, mask)
             )
             weighted.append(ops.cast(loss_weight, "float32") * terms[term.name])
         terms["distillation_loss"] = _total(weighted)
@@ -493,6 +508,33 @@ class Distiller(keras.Model):
         ]
         terms["loss"] = _total([terms["total_loss"]] + regularization)
         return terms
+
+    def _fused_term(self, targets, teacher_outputs, student_outputs, training, mask):
+        """The term whose gradient pass can also compute the hard-label loss
+        (`LogitsDistillation.compute_loss_and_cross_entropy`), or `None`.
+
+        Only in training, for token-level logits that are the student's
+        output, one label per position, the hard-label loss
+        `keras.losses.SparseCategoricalCrossentropy(from_logits=True)`
+        (without `ignore_class` or loss weights) and a forward-KL term on
+        those logits: there, the value is the same and the step spares two
+        `(batch, sequence, vocabulary)` buffers.
+        """
+        student = student_outputs.output
+        if not (training and mask is not None and len(targets) == 1 and targets[0][1] is None
+                and not isinstance(teacher_outputs.logits, lm.TopK)
+                and student is student_outputs.logits and len(student.shape) == 3
+                and _keras_compat.keras_mask(student) is None
+                and _is_plain_token_cross_entropy(self.loss)
+                and self._hard_label_loss_weights is None):
+            return None
+        for term in self._terms:
+            if (isinstance(term.loss, LogitsDistillation) and term.loss.fuses_cross_entropy
+                    and term.teacher_path is None and term.student_path is None
+                    and term.expects_logits and term.logits_size is None
+                    and term.name not in self.connectors):
+                return term
+        return None
 
     def _teacher_outputs(self, x, cached):
         """The teacher's outputs: from the batch's cache, else one forward."""
@@ -873,6 +915,30 @@ def _serialize_model(model):
 def _total(values):
     """The sum of a list of scalars (0 for none), without extra ops."""
     return functools.reduce(ops.add, values) if values else ops.zeros((), "float32")
+
+
+def _is_plain_token_cross_entropy(loss):
+    """Whether a compiled `loss` is `SparseCategoricalCrossentropy(from_logits=True)`
+    without `ignore_class` (the one `_PerPositionLoss` can stand in for)."""
+    if not isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
+        return False
+    config = loss.get_config()
+    return config.get("from_logits") is True and config.get("ignore_class") is None
+
+
+class _PerPositionLoss(keras.losses.Loss):
+    """A compiled loss's reduction applied to values computed elsewhere.
+
+    `_PerPositionLoss(loss)(y, values, sample_weight)` equals
+    `loss(y, y_pred, sample_weight)` when `values` are `loss`'s per-position
+    values of `y_pred`: the same reduction, dtype and replica scaling.
+    """
+
+    def __init__(self, loss):
+        super().__init__(name=loss.name, reduction=loss.reduction, dtype=loss.dtype)
+
+    def call(self, y_true, y_pred):
+        return y_pred
 
 
 def _scaled(loss):

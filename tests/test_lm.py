@@ -223,7 +223,8 @@ def count_ops(function, kind):
 def test_the_hard_label_loss_is_left_out_at_weight_zero_and_follows_a_schedule():
     from keras_kd.callbacks import DistillationScheduler
 
-    distiller = distiller_for(student_loss_weight=0.0)
+    # Reverse KL: the hard-label loss is Keras's own op (the forward KL fuses it).
+    distiller = distiller_for(losses.ReverseKL(2.0), student_loss_weight=0.0)
     x, y, weight = token_batch([8, 6, 4, 2])
     assert distiller.train_on_batch(x, y, weight, return_dict=True)["student_loss"] == 0.0
     step = tf.function(lambda: distiller.train_step((x, y, weight)))
@@ -241,6 +242,57 @@ def test_the_hard_label_loss_is_left_out_at_weight_zero_and_follows_a_schedule()
     dataset = tf.data.Dataset.from_tensor_slices((x, y, weight)).batch(4)
     history = distiller.fit(dataset, epochs=2, callbacks=[schedule], verbose=0).history
     assert history["student_loss"][0] == 0.0 and history["student_loss"][1] > 1.0
+
+
+class TokenCrossEntropy(keras.losses.Loss):
+    def call(self, y_true, y_pred):
+        return keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+
+
+@pytest.mark.parametrize("reduction", ["sum_over_batch_size", "mean_with_sample_weight"])
+def test_the_hard_labels_and_the_forward_kl_share_one_gradient_pass(reduction):
+    x, y, weight = token_batch([8, 6, 3, 1])
+
+    def one_step(loss):
+        distiller = distiller_for(student_loss_weight=0.4)
+        distiller.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss)
+        logs = distiller.train_on_batch(x, y, weight, return_dict=True)
+        step = tf.function(lambda: distiller.train_step((x, y, weight)))
+        return distiller.student.get_weights(), logs, count_ops(step, "SparseSoftmaxCrossEntropyWithLogits")
+
+    fused_weights, fused, fused_ops = one_step(
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction))
+    # The same loss in a class of its own is not fused: Keras's op computes it.
+    apart_weights, apart, apart_ops = one_step(TokenCrossEntropy(reduction=reduction))
+    assert fused_ops == 0 and apart_ops >= 1
+    for name in ("student_loss", "distillation_loss", "loss"):
+        assert fused[name] == pytest.approx(apart[name], rel=1e-5), name
+    assert max(np.abs(a - b).max() for a, b in zip(fused_weights, apart_weights)) <= 1e-6
+    assert max(np.abs(a - b).max() for a, b in zip(fused_weights, distiller_for().student.get_weights())) > 1e-3
+
+    # The hard-label value against NumPy, at the weights before the step.
+    logits = keras.ops.convert_to_numpy(distiller_for().student(x)).astype("float64")
+    nll = -np.take_along_axis(numpy_log_softmax(logits), y[..., None], axis=-1)[..., 0]
+    denominator = weight.sum() if reduction == "mean_with_sample_weight" else weight.size
+    assert fused["student_loss"] == pytest.approx((nll * weight).sum() / denominator, rel=1e-5)
+
+
+def test_the_fused_gradient_equals_autodiff_of_both_terms():
+    rng = np.random.default_rng(3)
+    teacher = tf.constant(rng.normal(size=(3, 5, 11)) * 2, "float32")
+    student = tf.Variable(rng.normal(size=(3, 5, 11)), dtype="float32")
+    labels = tf.constant(rng.integers(0, 11, (3, 5)), "int32")
+    up_kl, up_ce = (tf.constant(rng.uniform(size=(3, 5)), "float32") for _ in range(2))
+    with tf.GradientTape(persistent=True) as tape:
+        kl, ce = logit_losses.forward_kl_and_cross_entropy(teacher, student, 2.0, labels)
+        fused = tf.reduce_sum(kl * up_kl) + tf.reduce_sum(ce * up_ce)
+        log_p, log_q = tf.nn.log_softmax(teacher / 2.0), tf.nn.log_softmax(student / 2.0)
+        plain_kl = tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), -1) * 4.0
+        plain_ce = -tf.gather(tf.nn.log_softmax(student), labels, batch_dims=2)
+        plain = tf.reduce_sum(plain_kl * up_kl) + tf.reduce_sum(plain_ce * up_ce)
+    np.testing.assert_allclose(kl, plain_kl, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ce, plain_ce, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tape.gradient(fused, student), tape.gradient(plain, student), atol=1e-6)
 
 
 def test_a_loss_without_a_mask_argument_is_refused_on_token_batches():

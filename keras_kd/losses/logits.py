@@ -161,45 +161,101 @@ def _on_distributions(divergence):
     return per_position
 
 
+def _each_sample(function, *tensors):
+    """`function` of `tensors`; for outputs with a sequence axis (language
+    models), one sample at a time, so that its intermediates take
+    `1/batch` of a `(batch, sequence, vocabulary)` buffer each."""
+    if len(tensors[0].shape) < 3:
+        return function(*tensors)
+    return tf.map_fn(lambda row: function(*row), tensors, parallel_iterations=1,
+                     fn_output_signature=tf.float32)
+
+
+def _forward_kl_values(teacher, student, temperature):
+    log_p = ops.log_softmax(ops.cast(teacher, "float32") / temperature, axis=-1)
+    log_q = ops.log_softmax(ops.cast(student, "float32") / temperature, axis=-1)
+    return ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1) * ops.square(temperature)
+
+
+def _forward_kl_gradient(teacher, student, temperature, upstream):
+    p = ops.softmax(ops.cast(teacher, "float32") / temperature, axis=-1)
+    q = ops.softmax(ops.cast(student, "float32") / temperature, axis=-1)
+    return (q - p) * (upstream[..., None] * temperature)
+
+
 def _forward_kl_fused(teacher_logits, student_logits, temperature, labels=None):
     """`_on_distributions(kl_divergence)` computed to spare memory.
 
     Same value; the gradient with respect to the student's logits is
     `T (softmax(s/T) - softmax(t/T))` per position. Nothing but the two
     models' logits is kept for the backward pass, and for outputs with a
-    sequence axis (language models) both passes run one sample at a time,
-    so their intermediates take `1/batch` of a `(batch, sequence,
-    vocabulary)` buffer each instead of a whole one.
+    sequence axis (language models) both passes run one sample at a time.
     """
     temperature = ops.convert_to_tensor(ops.cast(temperature, "float32"))
-    student_dtype = student_logits.dtype
-    per_sample = len(student_logits.shape) >= 3
-
-    def each(function, *tensors):
-        if not per_sample:
-            return function(*tensors)
-        return tf.map_fn(lambda row: function(*row), tensors, parallel_iterations=1,
-                         fn_output_signature=tf.float32)
-
-    def value_of(teacher, student):
-        log_p = ops.log_softmax(ops.cast(teacher, "float32") / temperature, axis=-1)
-        log_q = ops.log_softmax(ops.cast(student, "float32") / temperature, axis=-1)
-        return ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1) * ops.square(temperature)
-
-    def gradient_of(teacher, student, upstream):
-        p = ops.softmax(ops.cast(teacher, "float32") / temperature, axis=-1)
-        q = ops.softmax(ops.cast(student, "float32") / temperature, axis=-1)
-        return (q - p) * (upstream[..., None] * temperature)
-
     teacher = ops.stop_gradient(teacher_logits)  # a constant of the step, not an input
 
     @tf.custom_gradient
     def fused(student):
         def gradient(upstream):
-            student_gradient = each(gradient_of, teacher, student, upstream)
-            return ops.cast(student_gradient, student_dtype)
+            student_gradient = _each_sample(
+                lambda t, s, u: _forward_kl_gradient(t, s, temperature, u),
+                teacher, student, upstream)
+            return ops.cast(student_gradient, student.dtype)
 
-        return each(value_of, teacher, student), gradient
+        return _each_sample(lambda t, s: _forward_kl_values(t, s, temperature), teacher, student), gradient
+
+    return fused(student_logits)
+
+
+def forward_kl_and_cross_entropy(teacher_logits, student_logits, temperature, labels):
+    """Per-position forward KL and hard-label cross-entropy, with one gradient.
+
+    A language model's step needs both terms, and each one's gradient with
+    respect to the student's logits is a `(batch, sequence, vocabulary)`
+    tensor; computed apart, the two gradients and their sum take three such
+    buffers. Here the backward pass computes, one sample at a time,
+    `u_kl T (softmax(s/T) - softmax(t/T)) + u_ce (softmax(s) - onehot(y))`,
+    where `u_kl`, `u_ce` are the gradients flowing into each term's values:
+    one buffer for the whole step. The values equal `_forward_kl_fused` and
+    `keras.losses.sparse_categorical_crossentropy(y, s, from_logits=True)`.
+
+    Args:
+        teacher_logits: `(batch, sequence, vocabulary)`.
+        student_logits: the same shape.
+        temperature: the KL's softmax temperature (the cross-entropy's is 1).
+        labels: `(batch, sequence)` integer token ids.
+
+    Returns:
+        `(kl, cross_entropy)`, each `(batch, sequence)` float32: the KL times
+        T², and the negative log-likelihood of the labels.
+    """
+    if len(student_logits.shape) != 3:
+        raise ValueError(
+            f"forward_kl_and_cross_entropy() takes token-level logits "
+            f"(batch, sequence, vocabulary), but received the shape "
+            f"{tuple(student_logits.shape)}.")
+    temperature = ops.convert_to_tensor(ops.cast(temperature, "float32"))
+    teacher = ops.stop_gradient(teacher_logits)
+    labels = ops.cast(labels, "int32")
+
+    def values(t, s, y):
+        log_q = ops.log_softmax(ops.cast(s, "float32"), axis=-1)
+        nll = -ops.take_along_axis(log_q, y[..., None], axis=-1)[..., 0]
+        return ops.stack([_forward_kl_values(t, s, temperature), nll])
+
+    def gradient_of(t, s, y, u_kl, u_ce):
+        q = ops.softmax(ops.cast(s, "float32"), axis=-1)
+        hard = (q - ops.one_hot(y, ops.shape(s)[-1], dtype="float32")) * u_ce[..., None]
+        return _forward_kl_gradient(t, s, temperature, u_kl) + hard
+
+    @tf.custom_gradient
+    def fused(student):
+        def gradient(u_kl, u_ce):
+            student_gradient = _each_sample(gradient_of, teacher, student, labels, u_kl, u_ce)
+            return ops.cast(student_gradient, student.dtype)
+
+        both = _each_sample(values, teacher, student, labels)  # (batch, 2, sequence)
+        return (both[:, 0], both[:, 1]), gradient
 
     return fused(student_logits)
 
@@ -392,6 +448,35 @@ class LogitsDistillation(DistillationLoss):
             ),
             losses, teacher_outputs, student_outputs,
         )
+
+    @property
+    def fuses_cross_entropy(self):
+        """Whether `compute_loss_and_cross_entropy` applies: the forward
+        KL (the default loss) without standardization, on one output."""
+        return self._loss_fns is _forward_kl_fused and not self.standardize
+
+    def compute_loss_and_cross_entropy(self, teacher_outputs, student_outputs, labels, mask=None):
+        """`compute_loss(...)` and the per-position hard-label cross-entropy,
+        with one gradient pass for both (see `forward_kl_and_cross_entropy`).
+
+        The Distiller calls it for language models whose hard-label loss is
+        `SparseCategoricalCrossentropy(from_logits=True)`, to spare two
+        `(batch, sequence, vocabulary)` buffers per step.
+
+        Args:
+            teacher_outputs: teacher logits `(batch, sequence, vocabulary)`.
+            student_outputs: student logits, the same shape.
+            labels: `(batch, sequence)` token ids.
+            mask: real positions, as in `compute_loss`.
+
+        Returns:
+            `(loss, cross_entropy)`: the scalar loss `compute_loss` returns,
+            and the `(batch, sequence)` negative log-likelihoods of `labels`
+            (for the hard-label loss's own reduction).
+        """
+        kl, cross_entropy = forward_kl_and_cross_entropy(
+            teacher_outputs, student_outputs, self.temperature, labels)
+        return masked_mean(kl, mask), cross_entropy
 
     def _top_k_kl(self, top, student_logits):
         """The forward KL from a top-K teacher cache (see `lm.top_k_kl`)."""
