@@ -54,6 +54,8 @@ CANDIDATES = {
 }
 """keras_kd's divergences compared on the validation modules (seed 0)."""
 TOP_K = (16, 64)
+CACHES = (None,) + TOP_K
+"""The cache rows: the full logits (the top-K rows' reference) and the top-K."""
 ON_POLICY_FRACTION = 0.5
 
 
@@ -62,7 +64,8 @@ def kd_row(candidate):
 
 
 def top_k_row(k):
-    return f"keras_kd, top-{k} cache, forward KL, T=1, student_loss_weight={demo_lm.STUDENT_LOSS_WEIGHT}"
+    cache = f"top-{k} cache" if k else "full-logit cache (float32)"
+    return f"keras_kd, {cache}, forward KL, T=1, student_loss_weight={demo_lm.STUDENT_LOSS_WEIGHT}"
 
 
 SEQUENCE_LEVEL = "keras_kd, sequence-level (teacher's greedy continuations), forward KL"
@@ -125,8 +128,8 @@ class Seed:
         elif row in map(kd_row, CANDIDATES):
             candidate = next(c for c in CANDIDATES if kd_row(c) == row)
             self.distil(row, self.train, CANDIDATES[candidate]())
-        elif row in map(top_k_row, TOP_K):
-            self.top_k(row, next(k for k in TOP_K if top_k_row(k) == row))
+        elif row in map(top_k_row, CACHES):
+            self.top_k(row, next(k for k in CACHES if top_k_row(k) == row))
         elif row == SEQUENCE_LEVEL:
             self.sequence_level()
         elif row in (ON_POLICY, ON_POLICY_REFERENCE):
@@ -135,17 +138,29 @@ class Seed:
             raise ValueError(f"Unknown row {row!r}; rows: {all_rows()}")
 
     def top_k(self, row, k):
-        """The teacher's top-K cache, built once in a folder; the student trained from it."""
+        """The teacher's top-K cache (`k`; None: its full logits), built
+        once in a folder; the student trained from it on the online rows'
+        batches (`same_batches`)."""
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "cache")
             start = time.perf_counter()
-            cache = keras_kd.cache_teacher_outputs(self.teacher, self.train, path=path, seed=self.seed,
+            in_order = demo_lm.batches(self.train_pieces, self.preprocess)  # + empty rows at the end
+            cache = keras_kd.cache_teacher_outputs(self.teacher, in_order, path=path, shuffle=False,
                                                    top_k=k)
             build = time.perf_counter() - start
             stored = sum(os.path.getsize(os.path.join(path, name)) for name in os.listdir(path))
             positions = len(self.train_pieces) * (demo_lm.SEQUENCE_LENGTH)
-            self.distil(row, cache, cache_seconds=build, cache_bytes=stored,
-                        cache_bytes_per_position=stored / positions)
+            self.distil(row, self.same_batches(cache.unbatch().take(len(self.train_pieces))),
+                        cache_seconds=build, cache_bytes=stored, cache_bytes_per_position=stored / positions)
+
+    def same_batches(self, pieces_in_order):
+        """Rows of the training pieces, in their order, shuffled and batched
+        as `self.train` is: the same batches at every epoch as the online
+        rows, so that a cache row differs from them by its teacher outputs
+        alone (these runs are sensitive to batch order)."""
+        tf.random.set_seed(None)  # self.train's shuffle was seeded before any global seed
+        data = pieces_in_order.shuffle(len(self.train_pieces), seed=self.seed).batch(demo_lm.BATCH_SIZE)
+        return data.apply(tf.data.experimental.assert_cardinality(len(self.train)))
 
     def prompts_and_continuations(self):
         return demo_lm.prompts_and_continuations(self.train_pieces)
@@ -176,7 +191,7 @@ class Seed:
 
 
 def all_rows():
-    return ([LABELS, KERAS] + [kd_row(c) for c in CANDIDATES] + [top_k_row(k) for k in TOP_K]
+    return ([LABELS, KERAS] + [kd_row(c) for c in CANDIDATES] + [top_k_row(k) for k in CACHES]
             + [SEQUENCE_LEVEL, ON_POLICY_REFERENCE, ON_POLICY])
 
 
@@ -249,7 +264,7 @@ def table(runs):
     order = [TEACHER, LABELS, KERAS, kd_row(FORWARD_KL)]
     if best and best != FORWARD_KL:
         order.append(kd_row(best))
-    order += [top_k_row(k) for k in TOP_K] + [SEQUENCE_LEVEL, ON_POLICY_REFERENCE, ON_POLICY]
+    order += [top_k_row(k) for k in CACHES] + [SEQUENCE_LEVEL, ON_POLICY_REFERENCE, ON_POLICY]
     rows = [line(row, row + (" (best on validation)" if best and row == kd_row(best) else ""))
             for row in order if row in by_row]
     teacher, student = demo_lm.teacher_model(), demo_lm.student_model()
@@ -270,7 +285,7 @@ def table(runs):
                  f"{demo_lm.STUDENT_LOSS_WEIGHT}):\n\n"
                  + common.markdown_table(["distillation loss", "validation bits per byte"], comparison))
     costs = []
-    for row in [top_k_row(k) for k in TOP_K]:
+    for row in [top_k_row(k) for k in CACHES]:
         for seed, r in sorted(by_row.get(row, {}).items()):
             costs.append([row.split(",")[1].strip(), seed, f"{r['cache_bytes'] / 2**20:.1f}",
                           f"{r['cache_bytes_per_position']:.0f}", f"{r['cache_seconds']:.0f}"])
