@@ -39,7 +39,7 @@ import tensorflow as tf
 
 import keras_kd
 from benchmarks import common
-from keras_kd import demo_lm, lm
+from keras_kd import demo_lm
 
 RESULTS = "benchmarks/lm_results.md"
 RUNS = "benchmarks/lm_runs.jsonl"
@@ -53,10 +53,10 @@ CANDIDATES = {
     "generalized JSD (beta=0.5), T=1": lambda: keras_kd.losses.GeneralizedJSD(beta=0.5, temperature=1.0),
 }
 """keras_kd's divergences compared on the validation modules (seed 0)."""
-TOP_K = (16, 64)
+TOP_K = demo_lm.TOP_K
 CACHES = (None,) + TOP_K
 """The cache rows: the full logits (the top-K rows' reference) and the top-K."""
-ON_POLICY_FRACTION = 0.5
+ON_POLICY_FRACTION = demo_lm.ON_POLICY_FRACTION
 
 
 def kd_row(candidate):
@@ -140,53 +140,27 @@ class Seed:
     def top_k(self, row, k):
         """The teacher's top-K cache (`k`; None: its full logits), built
         once in a folder; the student trained from it on the online rows'
-        batches (`same_batches`)."""
+        batches (`demo_lm.cache_batches`)."""
         with tempfile.TemporaryDirectory() as folder:
-            path = os.path.join(folder, "cache")
-            start = time.perf_counter()
-            in_order = demo_lm.batches(self.train_pieces, self.preprocess)  # + empty rows at the end
-            cache = keras_kd.cache_teacher_outputs(self.teacher, in_order, path=path, shuffle=False,
-                                                   top_k=k)
-            build = time.perf_counter() - start
-            stored = sum(os.path.getsize(os.path.join(path, name)) for name in os.listdir(path))
-            positions = len(self.train_pieces) * (demo_lm.SEQUENCE_LENGTH)
-            self.distil(row, self.same_batches(cache.unbatch().take(len(self.train_pieces))),
-                        cache_seconds=build, cache_bytes=stored, cache_bytes_per_position=stored / positions)
-
-    def same_batches(self, pieces_in_order):
-        """Rows of the training pieces, in their order, shuffled and batched
-        as `self.train` is: the same batches at every epoch as the online
-        rows, so that a cache row differs from them by its teacher outputs
-        alone (these runs are sensitive to batch order)."""
-        tf.random.set_seed(None)  # self.train's shuffle was seeded before any global seed
-        data = pieces_in_order.shuffle(len(self.train_pieces), seed=self.seed).batch(demo_lm.BATCH_SIZE)
-        return data.apply(tf.data.experimental.assert_cardinality(len(self.train)))
-
-    def prompts_and_continuations(self):
-        return demo_lm.prompts_and_continuations(self.train_pieces)
+            tf.random.set_seed(None)  # self.train's shuffle was made before any global seed
+            data, build, stored = demo_lm.cache_batches(
+                self.teacher, self.train_pieces, self.preprocess, os.path.join(folder, "cache"),
+                top_k=k, seed=self.seed)
+            positions = len(self.train_pieces) * demo_lm.SEQUENCE_LENGTH
+            self.distil(row, data, cache_seconds=build, cache_bytes=stored,
+                        cache_bytes_per_position=stored / positions)
 
     def sequence_level(self):
         """Kim & Rush: the teacher's greedy continuations of the training prompts."""
-        prompts, _ = self.prompts_and_continuations()
-        self.teacher.compile(sampler="greedy")
-        start = time.perf_counter()
-        data = lm.sequence_level_batches(self.teacher, prompts, self.preprocess, demo_lm.BATCH_SIZE,
-                                         stop_token_ids=None)
-        generation = time.perf_counter() - start
-        data = data.unbatch().shuffle(len(prompts), seed=self.seed).batch(demo_lm.BATCH_SIZE).apply(
-            tf.data.experimental.assert_cardinality(len(self.train)))
+        data, generation = demo_lm.sequence_level_data(self.teacher, self.train_pieces, self.preprocess,
+                                                       self.seed)
         self.distil(SEQUENCE_LEVEL, data, generation_seconds=generation)
 
     def on_policy(self, row, fraction):
         """GKD: a fraction of each batch continued by the current student
         (sampling at temperature 1), the rest by the given text."""
-        import keras_hub
-
-        prompts, continuations = self.prompts_and_continuations()
         student = self.fresh(demo_lm.student_model)
-        student.compile(sampler=keras_hub.samplers.RandomSampler(temperature=1.0, seed=self.seed))
-        data = lm.OnPolicyBatches(student, prompts, continuations, self.preprocess, fraction=fraction,
-                                  batch_size=demo_lm.BATCH_SIZE, seed=self.seed, stop_token_ids=None)
+        data = demo_lm.on_policy_data(student, self.train_pieces, self.preprocess, fraction, self.seed)
         self.distil(row, data, student=student)
 
 

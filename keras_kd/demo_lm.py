@@ -10,6 +10,7 @@ GPT-2 tokenizer over the 256 byte symbols, and the models are KerasHub
 
 import math
 import os
+import tempfile
 import time
 
 import keras
@@ -27,8 +28,21 @@ SEQUENCE_LENGTH = 128
 BATCH_SIZE = 32
 LEARNING_RATE = 2e-3
 WARMUP_STEPS = 100
+CLIP_NORM = 1.0
+"""Global gradient-norm clipping of every model's optimizer. Without it,
+these runs split into two outcomes by batch order: the forward-KL student
+of the benchmark's seed-0 teacher scored 3.220 / 3.827 / 3.253 validation
+bits per byte for shuffle seeds 0 / 1 / 2 (one of three stuck on a
+plateau from the first epoch); with it, 3.184 / 3.156 for seeds 0 / 1."""
 TEACHER_EPOCHS = 6
+"""The benchmark's teacher (`benchmarks/lm.py`)."""
+DEMO_TEACHER_EPOCHS = 4
+"""`keras-kd demo lm`'s teacher: fewer epochs, so that the demo prints its
+table within 10 minutes on 2 cores."""
 STUDENT_EPOCHS = 3
+TOP_K = (16, 64)
+"""The top-K caches of `demo lm --all-rows` and the benchmark."""
+ON_POLICY_FRACTION = 0.5
 PROMPT_BYTES = 32
 """Prompt length of the sequence-level and on-policy rows (`prompts_and_continuations`)."""
 QUICK_DOCSTRINGS = 64
@@ -225,6 +239,74 @@ def fresh_batches(texts, preprocess, batch_size=BATCH_SIZE, seed=None):
     return make
 
 
+def cache_batches(teacher, texts, preprocess, path, top_k=None, seed=0, batch_size=BATCH_SIZE):
+    """Training batches whose teacher outputs come from a cache on disk.
+
+    The cache (`keras_kd.cache_teacher_outputs`) is written in `path` in
+    the texts' order and read with `fresh_batches(texts, preprocess,
+    seed=seed)`'s shuffle: created under the same global seed, both give
+    the same batches at every epoch, so that a cache row differs from the
+    online rows by its teacher outputs alone.
+
+    Args:
+        teacher: the trained teacher LM.
+        texts: the training pieces (see `pieces`).
+        preprocess: the causal-LM preprocessor.
+        path: a folder for the cache (created).
+        top_k: keep the teacher's `top_k` most likely tokens per position
+            (plus the tail's mass); `None` keeps its full logits (float32).
+        seed: the shuffle's seed.
+        batch_size: rows per batch.
+
+    Returns:
+        `(dataset, seconds, bytes)`: the batches, the cache's build time and
+        its size on disk.
+    """
+    from keras_kd.cache import cache_teacher_outputs
+
+    texts = list(texts)
+    start = time.perf_counter()
+    in_order = batches(texts, preprocess, batch_size)  # padded with empty rows at the end, dropped below
+    cache = cache_teacher_outputs(teacher, in_order, path=path, shuffle=False, top_k=top_k)
+    seconds = time.perf_counter() - start
+    stored = sum(os.path.getsize(os.path.join(path, name)) for name in os.listdir(path))
+    data = cache.unbatch().take(len(texts)).shuffle(len(texts), seed=seed).batch(batch_size)
+    data = data.apply(tf.data.experimental.assert_cardinality(-(-len(texts) // batch_size)))
+    return data.prefetch(tf.data.AUTOTUNE), seconds, stored
+
+
+def sequence_level_data(teacher, texts, preprocess, seed=0):
+    """Sequence-level KD's batches: the teacher's greedy continuations of
+    the texts' prompts (`prompts_and_continuations`), shuffled each epoch.
+
+    Returns:
+        `(dataset, seconds)`: the batches and the generation time.
+    """
+    from keras_kd import lm
+
+    prompts, _ = prompts_and_continuations(texts)
+    teacher.compile(sampler="greedy")
+    start = time.perf_counter()
+    data = lm.sequence_level_batches(teacher, prompts, preprocess, BATCH_SIZE, stop_token_ids=None)
+    seconds = time.perf_counter() - start
+    data = data.unbatch().shuffle(len(prompts), seed=seed).batch(BATCH_SIZE)
+    return data.apply(tf.data.experimental.assert_cardinality(-(-len(prompts) // BATCH_SIZE))), seconds
+
+
+def on_policy_data(student, texts, preprocess, fraction, seed=0):
+    """On-policy (GKD) batches: a `fraction` of each batch's prompts
+    continued by the current `student` (sampled at temperature 1), the rest
+    by the given text; see `keras_kd.lm.OnPolicyBatches`."""
+    import keras_hub
+
+    from keras_kd import lm
+
+    prompts, continuations = prompts_and_continuations(texts)
+    student.compile(sampler=keras_hub.samplers.RandomSampler(temperature=1.0, seed=seed))
+    return lm.OnPolicyBatches(student, prompts, continuations, preprocess, fraction=fraction,
+                              batch_size=BATCH_SIZE, seed=seed, stop_token_ids=None)
+
+
 def language_model(config, name, vocabulary_size=258, sequence_length=SEQUENCE_LENGTH):
     """A GPT-2-style causal LM built from constructor arguments (no preset).
 
@@ -252,14 +334,16 @@ def teacher_model(quick=False):
     `quick`, 1 layer of width 32.
 
     Chosen over 4 layers of width 128 (843k weights) on the validation
-    modules, seed 0, 4 epochs: 3.15 bits per byte against 3.49. Trained
-    `TEACHER_EPOCHS` = 6 epochs: the teacher must know much more than the
-    student for distillation to pay. Measured on the validation modules
+    modules, seed 0, 4 epochs: 3.15 bits per byte against 3.49. The
+    teacher must know much more than the student for distillation to pay.
+    Measured on the validation modules
     (seed 0, an 8-epoch schedule): 3.22 bits per byte after 3 epochs, 2.84
     after 4, 2.45 after 8, against 3.91 for the student from labels alone
     (3 epochs); half labels, half forward KL from that 8-epoch teacher
-    brought the student to 3.39 (-13%). With 6 epochs, `keras-kd demo
-    lm` took 11 min 42 s on 2 quiet cores, over its 10-minute target.
+    brought the student to 3.39 (-13%). The benchmark trains it
+    `TEACHER_EPOCHS` = 6 epochs; `keras-kd demo lm` `DEMO_TEACHER_EPOCHS` = 4
+    (with 6, the demo took 11 min 42 s on 2 quiet cores, over its 10-minute
+    target).
     """
     return language_model(QUICK_TEACHER if quick else TEACHER, "teacher")
 
@@ -272,11 +356,12 @@ def student_model(quick=False):
 
 def optimizer(steps):
     """Adam: linear warm-up to the learning rate (`WARMUP_STEPS`, at most a
-    quarter of the run), then cosine decay to 0 at step `steps`."""
+    quarter of the run), then cosine decay to 0 at step `steps`; gradients
+    clipped to a global norm of `CLIP_NORM`."""
     warmup = min(WARMUP_STEPS, steps // 4)
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, steps - warmup, warmup_target=LEARNING_RATE, warmup_steps=warmup)
-    return keras.optimizers.Adam(schedule)
+    return keras.optimizers.Adam(schedule, global_clipnorm=CLIP_NORM)
 
 
 def next_token_loss():
@@ -410,16 +495,18 @@ def load_splits(quick=False, sequence_length=SEQUENCE_LENGTH):
     return tuple(pieces(["\n\n".join(split)], sequence_length) for split in splits)
 
 
-def run(output=None, quick=False, seed=0):
+def run(output=None, quick=False, seed=0, all_rows=False):
     """Trains the teacher and the students, prints the table and writes the files.
 
-    Rows: the teacher (next-token labels, `TEACHER_EPOCHS` epochs); the
-    student from labels alone; the student distilled by
+    Rows: the teacher (next-token labels, `DEMO_TEACHER_EPOCHS` epochs);
+    the student from labels alone; the student distilled by
     keras.distillation (`keras_distiller`) and by keras_kd
-    (`keras_kd_distiller`). Every student row takes the same
-    `STUDENT_EPOCHS` epochs of the same batches, so the same number of
-    optimizer steps. Each model is scored on the test modules, which no
-    model saw.
+    (`keras_kd_distiller`). With `all_rows`, keras_kd also from top-16 and
+    top-64 teacher caches (`cache_batches`), sequence-level
+    (`sequence_level_data`) and on-policy with λ = 0.5 (`on_policy_data`).
+    Every student row takes `STUDENT_EPOCHS` epochs of as many batches, so
+    the same number of optimizer steps (the online and cache rows the same
+    batches). Each model is scored on the test modules, which no model saw.
 
     Args:
         output: folder for `teacher.keras`, `student_alone.keras`,
@@ -431,6 +518,8 @@ def run(output=None, quick=False, seed=0):
         quick: one epoch of one-layer models on a few docstrings, for a
             smoke test: the table says its numbers are not results.
         seed: random seed of the weights and of the batch order.
+        all_rows: add the offline (top-K cache), sequence-level and
+            on-policy rows (about 30 more minutes on 2 cores).
 
     Returns:
         The table's rows, one dict per model: `model`, `bits_per_byte`,
@@ -438,7 +527,7 @@ def run(output=None, quick=False, seed=0):
     """
     output = output or (QUICK_OUTPUT if quick else OUTPUT)
     teacher_epochs, student_epochs = (QUICK_EPOCHS, QUICK_EPOCHS) if quick else (
-        TEACHER_EPOCHS, STUDENT_EPOCHS)
+        DEMO_TEACHER_EPOCHS, STUDENT_EPOCHS)
     train, _, test = load_splits(quick)
     preprocess = preprocessor()
     train_data = fresh_batches(train, preprocess, seed=seed)  # one per model: the same batches
@@ -474,22 +563,44 @@ def run(output=None, quick=False, seed=0):
     alone = train_on_labels(fresh(student_model), train_data(), student_epochs, [board("student_alone")])
     record("student, labels alone", alone, "student_alone.keras", start)
 
-    for title, name, file_name, make in (
-        ("keras.distillation, KLDivergence(), T=1, half labels (padding averaged in)",
-         "student, keras.distillation", "student_keras_distillation.keras", keras_distiller),
-        ("keras_kd, forward KL, T=1, half labels, real tokens only",
-         "student, keras_kd", "student.keras", keras_kd_distiller),
-    ):
+    def distil(title, name, file_name, make, data=None, student=None):
         print(f"== student distilled by {title}: {epochs(student_epochs)}")
-        student = fresh(student_model)
+        student = student or fresh(student_model)
         start = time.perf_counter()
         distiller = make(teacher, student, student_steps)
-        distiller.fit(train_data(), epochs=student_epochs, callbacks=[board(file_name[:-6])],
+        distiller.fit(data or train_data(), epochs=student_epochs, callbacks=[board(file_name[:-6])],
                       shuffle=False)
         record(name, student, file_name, start)
 
+    distil("keras.distillation, KLDivergence(), T=1, half labels (padding averaged in)",
+           "student, keras.distillation", "student_keras_distillation.keras", keras_distiller)
+    distil("keras_kd, forward KL, T=1, half labels, real tokens only",
+           "student, keras_kd", "student.keras", keras_kd_distiller)
+    notes = []
+    if all_rows:
+        for k in TOP_K:
+            with tempfile.TemporaryDirectory() as folder:
+                keras.utils.set_random_seed(seed)  # as for the online rows: the same batches
+                data, seconds, stored = cache_batches(teacher, train, preprocess, os.path.join(folder, "cache"),
+                                                      top_k=k, seed=seed)
+                notes.append(f"top-{k} cache: {stored / 2**20:.1f} MiB, "
+                             f"{stored / (len(train) * SEQUENCE_LENGTH):.0f} bytes per position, "
+                             f"built in {seconds:.0f} s")
+                distil(f"keras_kd from a top-{k} teacher cache (no teacher in the step)",
+                       f"student, keras_kd top-{k} cache", f"student_top{k}.keras", keras_kd_distiller, data)
+        data, seconds = sequence_level_data(teacher, train, preprocess, seed)
+        notes.append(f"sequence-level: the teacher's continuations generated in {seconds:.0f} s")
+        distil("keras_kd sequence-level (the teacher's greedy continuations)",
+               "student, keras_kd sequence-level", "student_sequence_level.keras", keras_kd_distiller, data)
+        student = fresh(student_model)
+        distil(f"keras_kd on-policy (lambda={ON_POLICY_FRACTION})", "student, keras_kd on-policy",
+               "student_on_policy.keras", keras_kd_distiller,
+               on_policy_data(student, train, preprocess, ON_POLICY_FRACTION, seed), student)
+
     print()
     print(format_table(rows))
+    for note in notes:
+        print(note)
     if quick:
         print(f"Quick run (one-layer models, {len(train)} pieces, {epochs(student_epochs)}): a smoke test of the "
               f"pipeline, not results. Run `keras-kd demo lm` without --quick for the comparison.")

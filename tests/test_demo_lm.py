@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
 
-from keras_kd import cli, demo_lm
+from keras_kd import cache, cli, demo_lm
 
 
 def test_tokens_are_the_utf8_bytes_and_padding_has_no_weight():
@@ -45,6 +45,26 @@ def test_every_model_of_the_demo_sees_the_same_batches():
     assert sorted(seen[0]) == sorted(seen[1]) and seen[0] != seen[1]  # reshuffled each epoch
     assert orders(make(), 2) == seen  # a fresh dataset starts the same sequence of orders
     assert orders(first, 1)[0] != seen[0]  # iterating the same one again continues it
+
+
+def test_a_cache_row_trains_on_the_online_rows_batches(tmp_path):
+    texts = [f"{chr(65 + i)} piece" for i in range(12)]
+    preprocess = demo_lm.preprocessor(sequence_length=16)
+    keras.utils.set_random_seed(0)
+    teacher = demo_lm.language_model(demo_lm.QUICK_TEACHER, "teacher", sequence_length=16)
+    keras.utils.set_random_seed(0)
+    online = demo_lm.fresh_batches(texts, preprocess, batch_size=4, seed=0)()
+    keras.utils.set_random_seed(0)
+    cached, _, stored = demo_lm.cache_batches(teacher, texts, preprocess, str(tmp_path / "cache"), top_k=4, seed=0,
+                                                batch_size=4)
+    assert stored > 0 and len(cached) == len(online) == 3
+
+    def epoch(dataset):
+        return [cache.split(x)[0]["token_ids"].numpy() for x, _, _ in dataset]
+
+    for _ in range(2):  # every epoch, the same batches in the same order
+        for a, b in zip(epoch(online), epoch(cached), strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_bits_per_byte_is_the_masked_mean_nll_in_bits():
@@ -93,5 +113,5 @@ def test_quick_lm_demo_prints_the_table_in_bits_per_byte(tmp_path, capsys, monke
 
 def test_lm_demo_refuses_the_classification_demos_epochs(capsys):
     assert cli.main(["demo", "lm", "--epochs", "2"]) == 2
-    assert f"--epochs is the classification demo's; `keras-kd demo lm` trains the teacher {demo_lm.TEACHER_EPOCHS} epochs" in (
+    assert f"--epochs is the classification demo's; `keras-kd demo lm` trains the teacher {demo_lm.DEMO_TEACHER_EPOCHS} epochs" in (
         capsys.readouterr().err)
