@@ -113,7 +113,7 @@ def train_on_labels(model, x, y, epochs, augmentation=None, seed=None, callbacks
 
 
 def distiller_recipe(teacher, student, epochs, samples, seed=None, augmentation="shift + CutMix",
-                     temperature=1.0):
+                     temperature=1.0, features=None):
     """keras_kd's recipe for MNIST-1D: consistent augmentation, pure distillation.
 
     Teacher and student see the same shifted, CutMix-ed view of each batch;
@@ -130,6 +130,11 @@ def distiller_recipe(teacher, student, epochs, samples, seed=None, augmentation=
         augmentation: one of `AUGMENTATIONS` (`recipe_augmentation`'s
             kinds); `"none"` trains on the inputs as they are.
         temperature: the softmax temperature of the teacher-only loss.
+        features: `None` (the recipe: the logit loss alone) or a list of
+            further distillation losses, e.g. the feature hints
+            `keras_kd.plan_features(teacher, student)` proposes, added after
+            the logit loss with weight 1.0 each (the Distiller's default).
+            The demo itself passes none.
 
     Returns:
         A compiled `Distiller`; it needs no labels.
@@ -141,7 +146,7 @@ def distiller_recipe(teacher, student, epochs, samples, seed=None, augmentation=
     distiller = Distiller(
         teacher,
         student,
-        LogitsDistillation(temperature=temperature),
+        [LogitsDistillation(temperature=temperature), *(features or [])],
         student_loss_weight=0.0,
         augmentation=recipe_augmentation(seed, augmentation),
     )

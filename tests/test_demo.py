@@ -2,7 +2,9 @@
 
 import pytest
 
+import keras_kd
 from keras_kd import augment, demo
+from keras_kd.losses.logits import LogitsDistillation
 
 
 def test_recipe_keeps_augmentation_while_inputs_are_scarce_and_drops_it_when_plentiful():
@@ -25,3 +27,20 @@ def test_distiller_recipe_takes_augmentation_and_temperature():
                                       augmentation="none", temperature=2.0)
     assert distiller.augmentation is None
     assert float(distiller.distillation_losses[0].temperature) == 2.0
+
+
+def test_distiller_recipe_adds_the_given_feature_losses_after_its_logit_loss():
+    teacher, student = demo.teacher_model(), demo.student_model()
+    alone = demo.distiller_recipe(teacher, student, 1, 64)
+    assert [type(loss) for loss in alone.distillation_losses] == [LogitsDistillation]
+    assert set(alone.connectors) == set()
+
+    teacher, student = demo.teacher_model(), demo.student_model()
+    planned = keras_kd.plan_features(teacher, student)
+    distiller = demo.distiller_recipe(teacher, student, 1, 64, features=planned)
+    assert isinstance(distiller.distillation_losses[0], LogitsDistillation)
+    assert distiller.distillation_losses[1:] == planned
+    assert [float(w) for w in distiller.distillation_loss_weights] == [1.0, 1.0, 1.0]
+    assert float(distiller.student_loss_weight) == 0.0
+    assert isinstance(distiller.augmentation, augment.Pipeline)
+    assert set(distiller.connectors) == {"features_20", "features_10"}
