@@ -264,9 +264,9 @@ def table(runs):
             costs.append([row.split(",")[1].strip(), seed, f"{r['cache_bytes'] / 2**20:.1f}",
                           f"{r['cache_bytes_per_position']:.0f}", f"{r['cache_seconds']:.0f}"])
     if costs:
-        text += ("\n\nTop-K caches (TFRecord files on disk: token ids, labels, weights and the teacher's "
-                 f"top-K; per position of the {demo_lm.SEQUENCE_LENGTH}-token rows; a float32 cache of the "
-                 f"full logits holds 4 x 258 = 1,032 bytes per position for the logits alone):\n\n"
+        text += ("\n\nTeacher caches (TFRecord files on disk: token ids, labels, weights and the teacher's "
+                 f"full logits in float32, 4 x 258 = 1,032 bytes per position for the logits alone, or its "
+                 f"top-K; per position of the {demo_lm.SEQUENCE_LENGTH}-token rows):\n\n"
                  + common.markdown_table(["cache", "seed", "MiB", "bytes per position", "build s"], costs))
     seconds = [[row, f"{statistics.mean(r['seconds'] for r in by_row[row].values()):.0f}"]
                for row in order if row in by_row]
