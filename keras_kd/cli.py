@@ -149,7 +149,7 @@ def build_parser():
     demo.add_argument(
         "--all-rows", action="store_true",
         help="lm only: add keras_kd from top-16 and top-64 teacher caches, sequence-level and "
-        "on-policy (lambda 0.5) rows (about 30 more minutes on 2 cores)",
+        "on-policy (lambda 0.5) rows (about 16 more minutes on 2 cores)",
     )
 
     export = command(

@@ -519,7 +519,7 @@ def run(output=None, quick=False, seed=0, all_rows=False):
             smoke test: the table says its numbers are not results.
         seed: random seed of the weights and of the batch order.
         all_rows: add the offline (top-K cache), sequence-level and
-            on-policy rows (about 30 more minutes on 2 cores).
+            on-policy rows (about 16 more minutes on 2 cores).
 
     Returns:
         The table's rows, one dict per model: `model`, `bits_per_byte`,
