@@ -565,10 +565,11 @@ def run(output=None, quick=False, seed=0, all_rows=False):
 
     def distil(title, name, file_name, make, data=None, student=None):
         print(f"== student distilled by {title}: {epochs(student_epochs)}")
-        student = student or fresh(student_model)
+        student = fresh(student_model) if student is None else student
         start = time.perf_counter()
         distiller = make(teacher, student, student_steps)
-        distiller.fit(data or train_data(), epochs=student_epochs, callbacks=[board(file_name[:-6])],
+        distiller.fit(train_data() if data is None else data, epochs=student_epochs,
+                      callbacks=[board(file_name[:-6])],
                       shuffle=False)
         record(name, student, file_name, start)
 
