@@ -457,9 +457,11 @@ class Distiller(keras.Model):
                 hard.append(_unscaled(ops.cast(value, "float32")))
             return _total(hard)
 
-        fused = self._fused_term(targets, teacher_outputs, student_outputs, training, mask)
+        fused = None
+        if _traced_value(self.student_loss_weight) != 0:
+            fused = self._fused_term(targets, teacher_outputs, student_outputs, training, mask)
         precomputed = {}
-        if fused is not None and _traced_value(self.student_loss_weight) != 0:
+        if fused is not None:
             # One gradient pass for the hard labels and the forward KL.
             term, y = fused, targets[0][0]
             teacher, student = self._pair(term, teacher_outputs, student_outputs, training)
@@ -495,7 +497,7 @@ class Distiller(keras.Model):
         terms = {"student_loss": student_loss}
         weighted = []
         for term, loss_weight in zip(self._terms, self.distillation_loss_weights):
-            terms[term.name] = precomputed.get(term.name) if term.name in precomputed else (
+            terms[term.name] = precomputed[term.name] if term.name in precomputed else (
                 self._term_value(term, teacher_outputs, student_outputs, training, targets, mask)
             )
             weighted.append(ops.cast(loss_weight, "float32") * terms[term.name])
