@@ -407,11 +407,18 @@ class Distiller(keras.Model):
                 # its share of the global mean.
                 loss = _scaled(terms["loss"])
                 loss = self.optimizer.scale_loss(loss)
+            # Top-1 agreement before the backward pass: left to the metrics,
+            # its argmaxes could run last and keep both models' logits to the
+            # end of the step, where the loss's gradient would reuse their
+            # buffers (one more (batch, sequence, vocabulary) buffer, or two).
+            agreement = self._teacher_agreement(teacher_outputs, student_outputs, mask)
+            with tf.control_dependencies([agreement]):
+                seed = tf.ones_like(loss)
             variables = self.trainable_variables
-            gradients = tape.gradient(loss, variables)
+            gradients = tape.gradient(loss, variables, output_gradients=seed)
             self.optimizer.apply_gradients(zip(gradients, variables))
             return self._update_metrics(
-                terms, x, targets, teacher_outputs, student_outputs, sample_weight, mask
+                terms, x, targets, teacher_outputs, student_outputs, sample_weight, mask, agreement
             )
 
     def test_step(self, data):
@@ -692,11 +699,13 @@ class Distiller(keras.Model):
                                        correct, mask)
         return skipped
 
-    def _update_metrics(self, terms, x, targets, teacher_outputs, student_outputs, sample_weight, mask):
+    def _update_metrics(
+        self, terms, x, targets, teacher_outputs, student_outputs, sample_weight, mask, agreement=None
+    ):
         batch_size = ops.cast(ops.shape(keras.tree.flatten(x)[0])[0], "float32")
-        terms = dict(
-            terms, teacher_agreement=self._teacher_agreement(teacher_outputs, student_outputs, mask)
-        )
+        if agreement is None:
+            agreement = self._teacher_agreement(teacher_outputs, student_outputs, mask)
+        terms = dict(terms, teacher_agreement=agreement)
         for term in self._terms:
             for attribute in term.logged:
                 terms[f"{term.name}_{attribute}"] = getattr(term.loss, attribute)

@@ -277,22 +277,101 @@ def test_the_hard_labels_and_the_forward_kl_share_one_gradient_pass(reduction):
     assert fused["student_loss"] == pytest.approx((nll * weight).sum() / denominator, rel=1e-5)
 
 
-def test_the_fused_gradient_equals_autodiff_of_both_terms():
-    rng = np.random.default_rng(3)
-    teacher = tf.constant(rng.normal(size=(3, 5, 11)) * 2, "float32")
-    student = tf.Variable(rng.normal(size=(3, 5, 11)), dtype="float32")
-    labels = tf.constant(rng.integers(0, 11, (3, 5)), "int32")
-    up_kl, up_ce = (tf.constant(rng.uniform(size=(3, 5)), "float32") for _ in range(2))
-    with tf.GradientTape(persistent=True) as tape:
-        kl, ce = logit_losses.forward_kl_and_cross_entropy(teacher, student, 2.0, labels)
-        fused = tf.reduce_sum(kl * up_kl) + tf.reduce_sum(ce * up_ce)
-        log_p, log_q = tf.nn.log_softmax(teacher / 2.0), tf.nn.log_softmax(student / 2.0)
-        plain_kl = tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), -1) * 4.0
-        plain_ce = -tf.gather(tf.nn.log_softmax(student), labels, batch_dims=2)
-        plain = tf.reduce_sum(plain_kl * up_kl) + tf.reduce_sum(plain_ce * up_ce)
-    np.testing.assert_allclose(kl, plain_kl, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ce, plain_ce, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(tape.gradient(fused, student), tape.gradient(plain, student), atol=1e-6)
+def plain_forward_kl_and_cross_entropy(teacher, student, temperature, labels):
+    """Both terms by autodiff of the textbook formulas."""
+    log_p, log_q = tf.nn.log_softmax(teacher / temperature), tf.nn.log_softmax(student / temperature)
+    kl = tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), -1) * temperature**2
+    return kl, -tf.gather(tf.nn.log_softmax(student), labels, batch_dims=2)
+
+
+def random_terms(seed, shape=(3, 5, 11)):
+    rng = np.random.default_rng(seed)
+    teacher = tf.constant(rng.normal(size=shape) * 2, "float32")
+    student = tf.Variable(rng.normal(size=shape), dtype="float32")
+    labels = tf.constant(rng.integers(0, shape[-1], shape[:2]), "int32")
+    upstream = [tf.constant(rng.uniform(size=shape[:2]), "float32") for _ in range(2)]
+    return teacher, student, labels, upstream
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("mode", ["eager", "graph, temperature a variable", "xla"])
+def test_the_fused_gradient_equals_autodiff_of_both_terms(temperature, mode):
+    # At T = 1 the backward pass takes its other form (the one-hot terms cancel).
+    teacher, student, labels, (up_kl, up_ce) = random_terms(3)
+    variable = tf.Variable(temperature)
+
+    def both(function, temperature):
+        with tf.GradientTape() as tape:
+            kl, ce = function(teacher, student, temperature, labels)
+            total = tf.reduce_sum(kl * up_kl) + tf.reduce_sum(ce * up_ce)
+        return kl, ce, tape.gradient(total, student)
+
+    fused = lambda: both(logit_losses.forward_kl_and_cross_entropy, variable if mode != "eager" else temperature)
+    if mode != "eager":
+        fused = tf.function(fused, jit_compile=mode == "xla")
+    expected = both(plain_forward_kl_and_cross_entropy, temperature)
+    for value, reference in zip(fused(), expected):
+        np.testing.assert_allclose(value, reference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("positions_per_chunk", [1, 4, 15, 40])
+def test_values_are_computed_by_chunks_of_positions_that_may_overlap(monkeypatch, positions_per_chunk):
+    # 15 positions: chunks of 4 start at 0, 4, 8 and 11 (the last one overlaps).
+    teacher, student, labels, _ = random_terms(4)
+    monkeypatch.setattr(logit_losses, "_CHUNK_ELEMENTS", positions_per_chunk * 11)
+    calls = []
+
+    def values(t, s, y):
+        calls.append(t.shape)
+        return logit_losses._forward_kl_values(t, s, 2.0), tf.cast(y, "float32")
+
+    for run in (lambda f: f(), tf.function(lambda f: f(), jit_compile=True)):
+        kl, y = run(lambda: logit_losses._chunked_positions(values, (teacher, student, labels), outputs=2))
+        np.testing.assert_allclose(kl, plain_forward_kl_and_cross_entropy(teacher, student, 2.0, labels)[0],
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(y, labels)
+    assert calls[0][0] == min(positions_per_chunk, 15)
+
+
+def peak_buffers(step, buffer_bytes):
+    """The peak memory of `step`'s second run above what was held before it,
+    in `(batch, sequence, vocabulary)` float32 buffers."""
+    step()
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    resting = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    step()
+    return (tf.config.experimental.get_memory_info("CPU:0")["peak"] - resting) / buffer_bytes
+
+
+@pytest.mark.parametrize("temperature, labelled, buffers", [
+    (1.0, True, 2), (2.0, True, 3), (2.0, False, 2)])
+def test_the_backward_pass_reuses_the_logits_buffers(temperature, labelled, buffers):
+    """The step's (batch, sequence, vocabulary) buffers: the two models'
+    logits, whose buffers the gradient reuses; one more for the hard labels
+    at T != 1 (softmax(s/T) and softmax(s) both need the student's logits).
+    With the earlier per-sample map_fn the same step took 4."""
+    batch, sequence, vocabulary, hidden = 4, 128, 32_000, 64
+    rng = np.random.default_rng(0)
+    weights = [tf.constant(rng.normal(size=(hidden, vocabulary)), "float32") for _ in range(2)]
+    student_weights = tf.Variable(weights[1])
+    inputs = tf.constant(rng.normal(size=(batch * sequence, hidden)), "float32")
+    labels = tf.constant(rng.integers(0, vocabulary, (batch, sequence)), "int32")
+    temperature = tf.Variable(temperature)
+
+    @tf.function
+    def step():
+        teacher = tf.reshape(inputs @ weights[0], (batch, sequence, vocabulary))
+        with tf.GradientTape() as tape:
+            student = tf.reshape(inputs @ student_weights, (batch, sequence, vocabulary))
+            if labelled:
+                kl, ce = logit_losses.forward_kl_and_cross_entropy(teacher, student, temperature, labels)
+                loss = tf.reduce_mean(kl) + tf.reduce_mean(ce)
+            else:
+                loss = tf.reduce_mean(logit_losses._forward_kl_fused(teacher, student, temperature))
+        return tf.reduce_sum(tape.gradient(loss, student_weights))
+
+    peak = peak_buffers(step, 4 * batch * sequence * vocabulary)
+    assert buffers <= peak <= buffers + 0.2, peak
 
 
 def test_a_loss_without_a_mask_argument_is_refused_on_token_batches():
