@@ -54,8 +54,9 @@ CANDIDATES = {
 }
 """keras_kd's divergences compared on the validation modules (seed 0)."""
 TOP_K = demo_lm.TOP_K
-CACHES = (None,) + TOP_K
-"""The cache rows: the full logits (the top-K rows' reference) and the top-K."""
+CACHES = [(None, "top")] + [(k, "top") for k in TOP_K] + [(k, "sampled") for k in demo_lm.SAMPLED_K]
+"""The cache rows, `(K, top_k_method)`: the full logits (the other rows'
+reference), the top-K, and K tokens drawn from the teacher."""
 ON_POLICY_FRACTION = demo_lm.ON_POLICY_FRACTION
 
 
@@ -63,8 +64,8 @@ def kd_row(candidate):
     return f"keras_kd, {candidate}, student_loss_weight={demo_lm.STUDENT_LOSS_WEIGHT}"
 
 
-def top_k_row(k):
-    cache = f"top-{k} cache" if k else "full-logit cache (float32)"
+def top_k_row(k, method="top"):
+    cache = (f"top-{k} cache" if method == "top" else f"{k}-draw cache") if k else "full-logit cache (float32)"
     return f"keras_kd, {cache}, forward KL, T=1, student_loss_weight={demo_lm.STUDENT_LOSS_WEIGHT}"
 
 
@@ -128,8 +129,8 @@ class Seed:
         elif row in map(kd_row, CANDIDATES):
             candidate = next(c for c in CANDIDATES if kd_row(c) == row)
             self.distil(row, self.train, CANDIDATES[candidate]())
-        elif row in map(top_k_row, CACHES):
-            self.top_k(row, next(k for k in CACHES if top_k_row(k) == row))
+        elif row in (top_k_row(*c) for c in CACHES):
+            self.top_k(row, *next(c for c in CACHES if top_k_row(*c) == row))
         elif row == SEQUENCE_LEVEL:
             self.sequence_level()
         elif row in (ON_POLICY, ON_POLICY_REFERENCE):
@@ -137,15 +138,15 @@ class Seed:
         else:
             raise ValueError(f"Unknown row {row!r}; rows: {all_rows()}")
 
-    def top_k(self, row, k):
-        """The teacher's top-K cache (`k`; None: its full logits), built
-        once in a folder; the student trained from it on the online rows'
-        batches (`demo_lm.cache_batches`)."""
+    def top_k(self, row, k, method):
+        """The teacher's top-K cache (`k`; None: its full logits; `method`:
+        `top_k_method`), built once in a folder; the student trained from it
+        on the online rows' batches (`demo_lm.cache_batches`)."""
         with tempfile.TemporaryDirectory() as folder:
             tf.random.set_seed(None)  # self.train's shuffle was made before any global seed
             data, build, stored = demo_lm.cache_batches(
                 self.teacher, self.train_pieces, self.preprocess, os.path.join(folder, "cache"),
-                top_k=k, seed=self.seed)
+                top_k=k, seed=self.seed, top_k_method=method)
             positions = len(self.train_pieces) * demo_lm.SEQUENCE_LENGTH
             self.distil(row, data, cache_seconds=build, cache_bytes=stored,
                         cache_bytes_per_position=stored / positions)
@@ -165,7 +166,7 @@ class Seed:
 
 
 def all_rows():
-    return ([LABELS, KERAS] + [kd_row(c) for c in CANDIDATES] + [top_k_row(k) for k in CACHES]
+    return ([LABELS, KERAS] + [kd_row(c) for c in CANDIDATES] + [top_k_row(*c) for c in CACHES]
             + [SEQUENCE_LEVEL, ON_POLICY_REFERENCE, ON_POLICY])
 
 
@@ -238,7 +239,7 @@ def table(runs):
     order = [TEACHER, LABELS, KERAS, kd_row(FORWARD_KL)]
     if best and best != FORWARD_KL:
         order.append(kd_row(best))
-    order += [top_k_row(k) for k in CACHES] + [SEQUENCE_LEVEL, ON_POLICY_REFERENCE, ON_POLICY]
+    order += [top_k_row(*c) for c in CACHES] + [SEQUENCE_LEVEL, ON_POLICY_REFERENCE, ON_POLICY]
     rows = [line(row, row + (" (best on validation)" if best and row == kd_row(best) else ""))
             for row in order if row in by_row]
     teacher, student = demo_lm.teacher_model(), demo_lm.student_model()
@@ -259,14 +260,14 @@ def table(runs):
                  f"{demo_lm.STUDENT_LOSS_WEIGHT}):\n\n"
                  + common.markdown_table(["distillation loss", "validation bits per byte"], comparison))
     costs = []
-    for row in [top_k_row(k) for k in CACHES]:
+    for row in [top_k_row(*c) for c in CACHES]:
         for seed, r in sorted(by_row.get(row, {}).items()):
             costs.append([row.split(",")[1].strip(), seed, f"{r['cache_bytes'] / 2**20:.1f}",
                           f"{r['cache_bytes_per_position']:.0f}", f"{r['cache_seconds']:.0f}"])
     if costs:
         text += ("\n\nTeacher caches (TFRecord files on disk: token ids, labels, weights and the teacher's "
-                 f"full logits in float32, 4 x 258 = 1,032 bytes per position for the logits alone, or its "
-                 f"top-K; per position of the {demo_lm.SEQUENCE_LENGTH}-token rows):\n\n"
+                 f"full logits in float32, 4 x 258 = 1,032 bytes per position for the logits alone, or K of its "
+                 f"tokens (top or drawn); per position of the {demo_lm.SEQUENCE_LENGTH}-token rows):\n\n"
                  + common.markdown_table(["cache", "seed", "MiB", "bytes per position", "build s"], costs))
     seconds = [[row, f"{statistics.mean(r['seconds'] for r in by_row[row].values()):.0f}"]
                for row in order if row in by_row]

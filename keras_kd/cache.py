@@ -55,6 +55,7 @@ def cache_teacher_outputs(
     shuffle_buffer_bytes=SHUFFLE_BUFFER_BYTES,
     top_k=None,
     top_k_dtype="float16",
+    top_k_method="top",
 ):
     """Runs the teacher once over `dataset`; returns batches carrying its outputs.
 
@@ -91,6 +92,13 @@ def cache_teacher_outputs(
             the forward KL at temperature 1. `None` keeps full logits.
         top_k_dtype: `"float16"`, `"bfloat16"` or `"float32"`: the storage
             type of the top-K log-probabilities.
+        top_k_method: `"top"` keeps the K most likely tokens and the tail's
+            mass (`keras_kd.lm.top_k_targets`); `"sampled"` keeps K tokens
+            drawn from the teacher's distribution with the fraction of the
+            draws each got (`keras_kd.lm.sampled_targets`): the same bytes,
+            an unbiased estimate of the teacher's distribution instead of a
+            truncated one (`teacher_agreement` then compares with the most
+            drawn token).
 
     Returns:
         A batched `tf.data.Dataset` to pass to `Distiller.fit`/`evaluate`.
@@ -122,7 +130,7 @@ def cache_teacher_outputs(
             "the cache by itself."
         )
     view, model = _teacher_view(teacher)
-    storage = _storage(view, top_k, top_k_dtype)
+    storage = _storage(view, top_k, top_k_dtype, top_k_method)
     batched = _is_batched(dataset, model)
     batch_size = batch_size or (_first_batch_size(dataset) if batched else 32)
     samples = dataset if not batched else dataset.unbatch()
@@ -185,9 +193,19 @@ def shuffle_buffer_size(element_spec, budget_bytes=SHUFFLE_BUFFER_BYTES):
 # ------------------------------------------- the view's layout, in one place
 
 
-def _storage(view, top_k, dtype):
-    """How the teacher's logits are stored: `None` (in full) or `(K, dtype)`."""
+def _storage(view, top_k, dtype, method="top"):
+    """How the teacher's logits are stored: `None` (in full), `(K, dtype)`
+    (top K), or `(K, dtype, "sampled")`."""
+    if method not in ("top", "sampled"):
+        raise ValueError(
+            f"`top_k_method` must be 'top' or 'sampled', but received {method!r}."
+        )
     if top_k is None:
+        if method != "top":
+            raise ValueError(
+                f"top_k_method={method!r} needs top_k (how many tokens to draw "
+                f"per position), but top_k is None. Pass e.g. top_k=16."
+            )
         return None
     top_k = int(_validation.check_number(top_k, "top_k", minimum=1))
     if dtype not in ("float16", "bfloat16", "float32"):
@@ -201,18 +219,19 @@ def _storage(view, top_k, dtype):
             "mixed from their full distributions. Cache without top_k, or "
             "distil from one teacher."
         )
-    return top_k, dtype
+    return (top_k, dtype) if method == "top" else (top_k, dtype, method)
 
 
 def _to_stored(outputs, storage=None):
     """A view's `ViewOutputs` as stored: a dict, the logits once if they
-    are the output, or only their top-K summary (`storage=(K, dtype)`).
+    are the output, or only their top-K summary (`storage`, see `_storage`).
 
     tf.data reads lists as tensors to stack, so several teachers' outputs
     are kept as tuples.
     """
     if storage is not None:
-        top = lm.top_k_targets(outputs.logits, *storage)
+        summary = lm.sampled_targets if storage[2:] == ("sampled",) else lm.top_k_targets
+        top = summary(outputs.logits, *storage[:2])
         return {"top_k": top._asdict(), "taps": outputs.taps}
     as_tuples = [tuple(v) if isinstance(v, list) else v for v in outputs]
     stored = dict(zip(("output", "logits", "taps"), as_tuples))

@@ -42,6 +42,8 @@ table within 10 minutes on 2 cores."""
 STUDENT_EPOCHS = 3
 TOP_K = (16, 64)
 """The top-K caches of `demo lm --all-rows` and the benchmark."""
+SAMPLED_K = (16, 64)
+"""The caches of K drawn tokens (`top_k_method="sampled"`) of the same."""
 ON_POLICY_FRACTION = 0.5
 PROMPT_BYTES = 32
 """Prompt length of the sequence-level and on-policy rows (`prompts_and_continuations`)."""
@@ -239,7 +241,8 @@ def fresh_batches(texts, preprocess, batch_size=BATCH_SIZE, seed=None):
     return make
 
 
-def cache_batches(teacher, texts, preprocess, path, top_k=None, seed=0, batch_size=BATCH_SIZE):
+def cache_batches(teacher, texts, preprocess, path, top_k=None, seed=0, batch_size=BATCH_SIZE,
+                  top_k_method="top"):
     """Training batches whose teacher outputs come from a cache on disk.
 
     The cache (`keras_kd.cache_teacher_outputs`) is written in `path` in
@@ -257,6 +260,8 @@ def cache_batches(teacher, texts, preprocess, path, top_k=None, seed=0, batch_si
             (plus the tail's mass); `None` keeps its full logits (float32).
         seed: the shuffle's seed.
         batch_size: rows per batch.
+        top_k_method: `"top"`, or `"sampled"` to keep `top_k` tokens drawn
+            from the teacher instead (see `keras_kd.cache_teacher_outputs`).
 
     Returns:
         `(dataset, seconds, bytes)`: the batches, the cache's build time and
@@ -267,7 +272,8 @@ def cache_batches(teacher, texts, preprocess, path, top_k=None, seed=0, batch_si
     texts = list(texts)
     start = time.perf_counter()
     in_order = batches(texts, preprocess, batch_size)  # padded with empty rows at the end, dropped below
-    cache = cache_teacher_outputs(teacher, in_order, path=path, shuffle=False, top_k=top_k)
+    cache = cache_teacher_outputs(teacher, in_order, path=path, shuffle=False, top_k=top_k,
+                                  top_k_method=top_k_method)
     seconds = time.perf_counter() - start
     stored = sum(os.path.getsize(os.path.join(path, name)) for name in os.listdir(path))
     data = cache.unbatch().take(len(texts)).shuffle(len(texts), seed=seed).batch(batch_size)
@@ -579,16 +585,18 @@ def run(output=None, quick=False, seed=0, all_rows=False):
            "student, keras_kd", "student.keras", keras_kd_distiller)
     notes = []
     if all_rows:
-        for k in TOP_K:
+        for k, method in [(k, "top") for k in TOP_K] + [(k, "sampled") for k in SAMPLED_K]:
             with tempfile.TemporaryDirectory() as folder:
                 keras.utils.set_random_seed(seed)  # as for the online rows: the same batches
                 data, seconds, stored = cache_batches(teacher, train, preprocess, os.path.join(folder, "cache"),
-                                                      top_k=k, seed=seed)
-                notes.append(f"top-{k} cache: {stored / 2**20:.1f} MiB, "
+                                                      top_k=k, seed=seed, top_k_method=method)
+                cache = f"top-{k}" if method == "top" else f"{k}-draw"
+                notes.append(f"{cache} cache: {stored / 2**20:.1f} MiB, "
                              f"{stored / (len(train) * SEQUENCE_LENGTH):.0f} bytes per position, "
                              f"built in {seconds:.0f} s")
-                distil(f"keras_kd from a top-{k} teacher cache (no teacher in the step)",
-                       f"student, keras_kd top-{k} cache", f"student_top{k}.keras", keras_kd_distiller, data)
+                distil(f"keras_kd from a {cache} teacher cache (no teacher in the step)",
+                       f"student, keras_kd {cache} cache", f"student_{cache.replace('-', '')}.keras",
+                       keras_kd_distiller, data)
         data, seconds = sequence_level_data(teacher, train, preprocess, seed)
         notes.append(f"sequence-level: the teacher's continuations generated in {seconds:.0f} s")
         distil("keras_kd sequence-level (the teacher's greedy continuations)",

@@ -467,6 +467,53 @@ def test_a_top_k_cache_refuses_other_losses_and_temperatures():
             distiller.evaluate(cached, verbose=0)
 
 
+def numpy_sampled_kl(top, s):
+    """KL from the drawn tokens' empirical distribution to the student (NumPy)."""
+    log_p, ids = np.asarray(top.log_probs, np.float64), np.asarray(top.ids)
+    log_q = np.take_along_axis(numpy_log_softmax(s), ids, axis=-1)
+    p = np.exp(log_p)
+    return (p * (np.where(p > 0, log_p, 0.0) - log_q)).sum(-1)
+
+
+def test_sampled_targets_are_the_fractions_of_k_draws_and_their_mean_is_the_teacher():
+    rng = np.random.default_rng(5)
+    t, s = rng.normal(size=(2, 3, 11)) * 2, rng.normal(size=(2, 3, 11))
+    tf.random.set_seed(0)
+    top = lm.sampled_targets(tf.constant(t, "float32"), 16, dtype="float32")
+    log_p, ids = np.asarray(top.log_probs), np.asarray(top.ids)
+    assert log_p.shape == ids.shape == (2, 3, 16) and np.all(np.isneginf(np.asarray(top.tail_log_mass)))
+    drawn = np.exp(log_p)
+    np.testing.assert_allclose(drawn.sum(-1), 1.0, rtol=1e-6)  # every draw counted once
+    assert np.all(np.round(drawn * 16, 4) == np.round(drawn * 16))  # multiples of 1/16
+    assert np.all(np.diff(drawn, axis=-1) <= 0)  # the most drawn first
+    for row_ids, row_p in zip(ids.reshape(-1, 16), drawn.reshape(-1, 16)):  # distinct tokens weigh
+        assert len(set(row_ids[row_p > 0])) == (row_p > 0).sum()
+    np.testing.assert_allclose(lm.top_k_kl(top, tf.constant(s, "float32")), numpy_sampled_kl(top, s),
+                               rtol=1e-5, atol=1e-6)
+    # Unbiased: over many draws, the fractions average to the teacher's probabilities.
+    many = lm.sampled_targets(tf.constant(np.repeat(t[:1, :1], 2000, axis=0), "float32"), 16,
+                              dtype="float32")
+    estimate = np.zeros(11)
+    np.add.at(estimate, np.asarray(many.ids).ravel(), np.exp(np.asarray(many.log_probs)).ravel() / 2000)
+    p = np.exp(numpy_log_softmax(t[0, 0]))
+    assert np.all(np.abs(estimate - p) <= 4 * np.sqrt(p * (1 - p) / (2000 * 16)) + 1e-6)
+
+
+def test_a_sampled_cache_trains_and_refuses_bad_methods():
+    distiller = distiller_for(keras_kd.LogitsDistillation(1.0))
+    x, y, weight = token_batch([8, 6, 3, 2])
+    dataset = tf.data.Dataset.from_tensor_slices((x, y, weight)).batch(4)
+    cached = keras_kd.cache_teacher_outputs(distiller, dataset, top_k=8, top_k_method="sampled",
+                                            shuffle=False)
+    stored = cache.split(next(iter(cached))[0])[1].logits
+    assert stored.log_probs.shape[-1] == 8 and np.all(np.isneginf(stored.tail_log_mass.numpy()))
+    assert np.isfinite(distiller.fit(cached, epochs=1, verbose=0).history["loss"][0])
+    with pytest.raises(ValueError, match=r"`top_k_method` must be 'top' or 'sampled', but received 'best'"):
+        keras_kd.cache_teacher_outputs(distiller, dataset, top_k=8, top_k_method="best")
+    with pytest.raises(ValueError, match=r"top_k_method='sampled' needs top_k .* Pass e.g. top_k=16"):
+        keras_kd.cache_teacher_outputs(distiller, dataset, top_k_method="sampled")
+
+
 # ----------------------------------------- sequence-level and on-policy (GKD)
 
 
