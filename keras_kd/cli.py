@@ -148,8 +148,8 @@ def build_parser():
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.add_argument(
         "--all-rows", action="store_true",
-        help="lm only: add keras_kd from top-16 and top-64 teacher caches, sequence-level and "
-        "on-policy (lambda 0.5) rows (about 16 more minutes on 2 cores)",
+        help="lm only: add keras_kd from top-16 and top-64 teacher caches, from 16- and 64-draw "
+        "caches, sequence-level and on-policy (lambda 0.5) rows (about 20 more minutes on 2 cores)",
     )
 
     export = command(
