@@ -67,6 +67,75 @@ def check_number(value, argument, minimum=None, maximum=None, strict=False):
     return float(value)
 
 
+def check_count(value, argument, minimum=1):
+    """Validates a whole-number argument (a count) and returns it as an int.
+
+    Args:
+        value: what the user passed.
+        argument: the argument's name, used in the message.
+        minimum: the smallest allowed value.
+
+    Returns:
+        `value` as a Python int.
+
+    Raises:
+        ValueError: if `value` is not a whole number (`2.5` would otherwise
+            be truncated to 2 without a word) or is below `minimum`.
+
+    Example:
+
+    ```python
+    top_k = check_count(16, "top_k")
+    ```
+    """
+    whole = is_whole_number(value) or (
+        isinstance(value, numbers.Real) and not isinstance(value, bool)
+        and math.isfinite(value) and float(value).is_integer())
+    if not whole:
+        raise ValueError(
+            f"`{argument}` must be a whole number, but received {value!r} of "
+            f"type {type(value).__name__}. Pass an integer, e.g. {argument}={max(minimum, 16)}."
+        )
+    if value < minimum:
+        raise ValueError(
+            f"`{argument}` must be >= {minimum}, but received {value!r}. "
+            f"Pass a value >= {minimum}."
+        )
+    return int(value)
+
+
+def check_texts(value, argument):
+    """Validates a non-empty list of strings and returns it as a list.
+
+    Args:
+        value: what the user passed.
+        argument: the argument's name, used in the message.
+
+    Returns:
+        `value` as a list of `str`.
+
+    Raises:
+        ValueError: if `value` is one string (it would be read as a list of
+            one-character strings), empty, or holds something else.
+    """
+    if isinstance(value, (str, bytes)):
+        raise ValueError(
+            f"`{argument}` must be a list of strings, but received one string "
+            f"({value[:40]!r}), which would be read as one text per character. "
+            f"Pass [{value[:40]!r}]."
+        )
+    items = list(value) if isinstance(value, (list, tuple)) else None
+    if not items or not all(isinstance(item, str) for item in items):
+        received = f"{type(value).__name__}" if items is None else (
+            "an empty list" if not items else
+            f"a list holding {type(next(i for i in items if not isinstance(i, str))).__name__}")
+        raise ValueError(
+            f"`{argument}` must be a non-empty list of strings, but received "
+            f"{received}. Pass e.g. {argument}=['def add', 'class Stack']."
+        )
+    return items
+
+
 def is_whole_number(value):
     """Whether `value` is an integer (Python or NumPy), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)

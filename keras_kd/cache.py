@@ -206,8 +206,14 @@ def _storage(view, top_k, dtype, method="top"):
                 f"top_k_method={method!r} needs top_k (how many tokens to draw "
                 f"per position), but top_k is None. Pass e.g. top_k=16."
             )
+        if dtype != "float16":
+            raise ValueError(
+                f"top_k_dtype={dtype!r} sets how a top-K cache stores its "
+                f"log-probabilities, but top_k is None (full logits, stored as "
+                f"computed). Pass top_k=K too, or leave top_k_dtype out."
+            )
         return None
-    top_k = int(_validation.check_number(top_k, "top_k", minimum=1))
+    top_k = _validation.check_count(top_k, "top_k")
     if dtype not in ("float16", "bfloat16", "float32"):
         raise ValueError(
             f"`top_k_dtype` must be 'float16', 'bfloat16' or 'float32', but "

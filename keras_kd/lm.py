@@ -6,6 +6,7 @@ next-token targets; the Distiller averages every token-level term over the
 real tokens only (`keras_kd.losses.base.masked_mean`).
 """
 
+import math
 import typing
 
 import keras
@@ -130,6 +131,12 @@ def top_k_targets(logits, k, dtype="float16"):
         negligible for a trained teacher's peaked distribution, as large as
         the KL itself for a random model's near-uniform one (use float32).
     """
+    if logits.shape[-1] is not None and k > logits.shape[-1]:
+        raise ValueError(
+            f"top_k={k} is more than the teacher's vocabulary of {logits.shape[-1]} "
+            f"tokens. Pass top_k <= {logits.shape[-1]} (top_k={logits.shape[-1]} keeps "
+            f"the whole distribution), or top_k_method='sampled' to draw {k} tokens."
+        )
     log_p = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
     log_probs, ids = tf.math.top_k(log_p, k=k)
     if k >= logits.shape[-1]:  # the whole vocabulary: no tail, not float32 noise
@@ -212,9 +219,13 @@ def top_k_kl(top, student_logits):
     log_q = ops.log_softmax(ops.cast(student_logits, "float32"), axis=-1)
     log_q_top = ops.take_along_axis(log_q, ops.cast(top.ids, "int32"), axis=-1)
     log_p = ops.cast(top.log_probs, "float32")
+    log_p_tail = ops.cast(top.tail_log_mass, "float32")
+    # Stored in float16 or bfloat16, the K+1 probabilities sum to 1 only up to
+    # rounding (0.9989 for 64 draws): renormalized, the target is a distribution.
+    log_total = ops.logsumexp(ops.concatenate([log_p, log_p_tail[..., None]], axis=-1), axis=-1)
+    log_p, log_p_tail = log_p - log_total[..., None], log_p_tail - log_total
     p = ops.exp(log_p)  # 0 for a repeated draw (-inf), which then counts for nothing
     head = ops.sum(p * (ops.where(p > 0, log_p, 0.0) - log_q_top), axis=-1)
-    log_p_tail = ops.cast(top.tail_log_mass, "float32")
     log_q_tail = _log_one_minus(ops.logsumexp(log_q_top, axis=-1))
     p_tail = ops.exp(log_p_tail)
     tail = ops.where(p_tail > 0, p_tail * (log_p_tail - log_q_tail), 0.0)
@@ -264,6 +275,8 @@ def sequence_level_batches(teacher, prompts, preprocessor, batch_size=32,
         Kim & Rush, "Sequence-Level Knowledge Distillation", EMNLP 2016,
         arXiv:1606.07947.
     """
+    prompts = _validation.check_texts(prompts, "prompts")
+    batch_size = _validation.check_count(batch_size, "batch_size")
     sequence_length = sequence_length or preprocessor.sequence_length
     parts = []
     for start in range(0, len(prompts), batch_size):
@@ -321,6 +334,8 @@ class OnPolicyBatches(keras.utils.PyDataset):
     def __init__(self, student, prompts, continuations, preprocessor, fraction=0.5,
                  batch_size=8, sequence_length=None, seed=0, stop_token_ids="end", **kwargs):
         super().__init__(**kwargs)
+        prompts = _validation.check_texts(prompts, "prompts")
+        continuations = _validation.check_texts(continuations, "continuations")
         if len(prompts) != len(continuations):
             raise ValueError(
                 f"OnPolicyBatches needs one continuation per prompt, but "
@@ -331,7 +346,14 @@ class OnPolicyBatches(keras.utils.PyDataset):
         self.prompts, self.continuations = list(prompts), list(continuations)
         self.preprocessor = preprocessor
         self.fraction = _validation.check_number(fraction, "fraction", 0.0, 1.0)
-        self.batch_size = int(_validation.check_number(batch_size, "batch_size", minimum=1))
+        self.batch_size = _validation.check_count(batch_size, "batch_size")
+        if self.fraction > 0 and round(self.fraction * self.batch_size) == 0:
+            raise ValueError(
+                f"fraction={self.fraction} of batch_size={self.batch_size} rounds to 0 "
+                f"on-policy rows per batch: the student would generate nothing. Pass "
+                f"batch_size >= {math.floor(0.5 / self.fraction) + 1}, or fraction=0 "
+                f"for token-level KD on the given continuations."
+            )
         self.sequence_length = sequence_length or preprocessor.sequence_length
         self.seed = seed
         self.stop_token_ids = stop_token_ids

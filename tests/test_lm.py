@@ -499,6 +499,20 @@ def test_sampled_targets_are_the_fractions_of_k_draws_and_their_mean_is_the_teac
     assert np.all(np.abs(estimate - p) <= 4 * np.sqrt(p * (1 - p) / (2000 * 16)) + 1e-6)
 
 
+def test_targets_stored_in_float16_are_renormalized_to_a_distribution():
+    rng = np.random.default_rng(6)
+    s = rng.normal(size=(2, 11))
+    with np.errstate(divide="ignore"):  # log 0 = -inf: slots of repeated draws
+        exact = np.log(np.array([[7, 5, 3, 1, 0, 0, 0, 0], [4, 4, 2, 2, 2, 2, 0, 0]]) / 16.0)
+    ids = np.array([[3, 0, 9, 4, 1, 2, 5, 6], [1, 2, 3, 4, 5, 6, 7, 8]], "int32")
+    stored = lm.TopK(tf.constant(exact, "float16"), tf.constant(ids), tf.constant([-np.inf, -np.inf], "float16"))
+    assert np.abs(np.exp(np.asarray(stored.log_probs, np.float64)).sum(-1) - 1.0).max() > 3e-4  # rounded
+    probabilities = np.exp(np.asarray(stored.log_probs, np.float64))
+    renormalized = np.log(probabilities / probabilities.sum(-1, keepdims=True))
+    expected = numpy_sampled_kl(lm.TopK(renormalized, ids, None), s)
+    np.testing.assert_allclose(lm.top_k_kl(stored, tf.constant(s, "float32")), expected, rtol=1e-5)
+
+
 def test_a_sampled_cache_trains_and_refuses_bad_methods():
     distiller = distiller_for(keras_kd.LogitsDistillation(1.0))
     x, y, weight = token_batch([8, 6, 3, 2])
@@ -512,6 +526,13 @@ def test_a_sampled_cache_trains_and_refuses_bad_methods():
         keras_kd.cache_teacher_outputs(distiller, dataset, top_k=8, top_k_method="best")
     with pytest.raises(ValueError, match=r"top_k_method='sampled' needs top_k .* Pass e.g. top_k=16"):
         keras_kd.cache_teacher_outputs(distiller, dataset, top_k_method="sampled")
+    with pytest.raises(ValueError, match=r"`top_k` must be a whole number, but received 2.5 .* Pass an integer"):
+        keras_kd.cache_teacher_outputs(distiller, dataset, top_k=2.5)
+    with pytest.raises(ValueError, match=r"top_k_dtype='bfloat16' sets how a top-K cache .* but top_k is None"):
+        keras_kd.cache_teacher_outputs(distiller, dataset, top_k_dtype="bfloat16")
+    with pytest.raises(ValueError, match=rf"top_k=100 is more than the teacher's vocabulary of {VOCABULARY} "
+                                         rf"tokens. Pass top_k <= {VOCABULARY}"):
+        keras_kd.cache_teacher_outputs(distiller, dataset, top_k=100)
 
 
 # ----------------------------------------- sequence-level and on-policy (GKD)
@@ -617,3 +638,25 @@ def test_a_cache_build_streams_its_peak_memory_does_not_grow_with_the_data(tmp_p
     assert large["cache_bytes"] > 3.5 * small["cache_bytes"] > 3.5 * 16e6  # 16 MB vs 64 MB of logits
     # Built in memory, the larger cache would add about 48 MB of peak RSS over the smaller one.
     assert large["growth"] - small["growth"] < 0.25 * (large["cache_bytes"] - small["cache_bytes"])
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(prompts="def f"), r"`prompts` must be a list of strings, but received one string \('def f'\)"),
+    (dict(prompts=[], continuations=[]), r"`prompts` must be a non-empty list of strings, but received an empty list"),
+    (dict(continuations=[" x", 3]), r"`continuations` must be a non-empty list of strings, but received a list holding int"),
+    (dict(continuations=[" x"]), r"one continuation per prompt, but received 2 prompts and 1 continuations"),
+    (dict(fraction=1.5), r"`fraction` must be in \[0.0, 1.0\], but received 1.5"),
+    (dict(batch_size=2.5), r"`batch_size` must be a whole number, but received 2.5"),
+    (dict(fraction=0.5, batch_size=1), r"fraction=0.5 of batch_size=1 rounds to 0 on-policy rows per batch: the "
+                                       r"student would generate nothing. Pass batch_size >= 2"),
+    (dict(fraction=0.1, batch_size=4), r"Pass batch_size >= 6"),
+])
+def test_on_policy_batches_refuse_what_would_silently_change_the_data(arguments, message):
+    student, preprocessor = causal_lm(16, 1, "student", vocabulary=258), byte_preprocessor(sequence_length=16)
+    given = dict(prompts=["def f", "class A"], continuations=[" return 1", ": pass"], fraction=0.5, batch_size=2)
+    given.update(arguments)
+    with pytest.raises(ValueError, match=message):
+        lm.OnPolicyBatches(student, given.pop("prompts"), given.pop("continuations"), preprocessor, **given)
+    with pytest.raises(ValueError, match=r"`prompts` must be a list of strings, but received one string"):
+        lm.sequence_level_batches(student, "def f", preprocessor)
+    assert len(lm.OnPolicyBatches(student, ["a", "b", "c"], ["1", "2", "3"], preprocessor, 0.5, batch_size=2.0)) == 2
