@@ -459,12 +459,26 @@ def test_distilling_from_a_top_k_cache_equals_full_kd_at_k_equal_to_the_vocabula
 def test_a_top_k_cache_refuses_other_losses_and_temperatures():
     x, y, weight = token_batch([8, 6, 3, 2])
     dataset = tf.data.Dataset.from_tensor_slices((x, y, weight)).batch(4)
-    for loss, message in ((losses.ReverseKL(), r"supports the forward KL .* only"),
-                          (keras_kd.LogitsDistillation(2.0), r"temperature 1")):
+    for loss, error, message in (
+            (losses.ReverseKL(), ValueError, r"supports the forward KL .* only, but this loss is ReverseKL\(loss='reverse_kl'\)\. "),
+            (losses.GeneralizedJSD(0.5), ValueError, r"but this loss is GeneralizedJSD\. Cache full logits"),
+            (keras_kd.LogitsDistillation(2.0), tf.errors.InvalidArgumentError,
+             r"A top-K teacher cache holds log-probabilities at temperature 1; set the LogitsDistillation "
+             r"temperature to 1.0")):
         distiller = distiller_for(loss)
         cached = keras_kd.cache_teacher_outputs(distiller, dataset, top_k=8)
-        with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match=message):
+        with pytest.raises(error, match=message):
             distiller.evaluate(cached, verbose=0)
+    small = keras_kd.Distiller(causal_lm(32, 1, "small_teacher", vocabulary=40),
+                               causal_lm(16, 1, "small_student", vocabulary=40), keras_kd.LogitsDistillation(1.0),
+                               student_loss_weight=0.0)
+    small.compile(optimizer="sgd")
+    wide = keras_kd.cache_teacher_outputs(distiller_for(keras_kd.LogitsDistillation(1.0)),
+                                          dataset.map(lambda x, y, w: ({**x, "token_ids": x["token_ids"] % 40}, y % 40, w)),
+                                          top_k=VOCABULARY, shuffle=False)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"The top-K teacher cache holds token ids beyond the "
+                                                              r"student vocabulary of 40 tokens: it was built with"):
+        small.evaluate(wide, verbose=0)
 
 
 def numpy_sampled_kl(top, s):

@@ -559,15 +559,24 @@ class LogitsDistillation(DistillationLoss):
                 f"{self.name}: the teacher outputs come from a top-K cache, "
                 f"which supports the forward KL (LogitsDistillation with "
                 f"loss='kl_divergence') only, but this loss is "
-                f"{type(self).__name__}(loss={self.loss!r}). Cache full "
-                f"logits (top_k=None) for other losses."
+                f"{type(self).__name__}" + (f"(loss={self.loss!r})" if self.loss else "")
+                + ". Cache full logits (top_k=None) for other losses."
             )
+        # The Distiller holds the temperature in a variable (schedules set it): checked as the step runs.
         one = tf.debugging.assert_equal(
             ops.cast(self.temperature, "float32"), 1.0,
             message="A top-K teacher cache holds log-probabilities at temperature 1; "
             "set the LogitsDistillation temperature to 1.0 or cache full logits.",
         )
-        with tf.control_dependencies([one]):
+        vocabulary = student_logits.shape[-1]
+        # Out-of-range ids would fail in a gather on CPU, but read 0 on a GPU.
+        in_range = tf.debugging.assert_less(
+            tf.reduce_max(ops.cast(top.ids, "int32")), vocabulary,
+            message=f"The top-K teacher cache holds token ids beyond the student "
+            f"vocabulary of {vocabulary} tokens: it was built with another teacher "
+            f"or tokenizer. Build the cache with the teacher of this Distiller.",
+        )
+        with tf.control_dependencies([one, in_range]):
             return lm.top_k_kl(top, student_logits)
 
     def divergence(self, teacher_logits, student_logits, temperature, labels=None):
