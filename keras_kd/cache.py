@@ -165,6 +165,15 @@ def split(x):
     return x, None
 
 
+def holds_top_k(data):
+    """Whether `data` is a `tf.data.Dataset` of top-K cached teacher outputs."""
+    if not isinstance(data, tf.data.Dataset):
+        return False
+    spec = data.element_spec
+    x = spec[0] if isinstance(spec, tuple) else spec
+    return isinstance(x, dict) and TEACHER_KEY in x and "top_k" in x[TEACHER_KEY]
+
+
 def shuffle_buffer_size(element_spec, budget_bytes=SHUFFLE_BUFFER_BYTES):
     """The number of samples a shuffle buffer of `budget_bytes` holds.
 

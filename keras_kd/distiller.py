@@ -173,7 +173,7 @@ class Distiller(keras.Model):
         self._student_view = taps.ModelView(
             student, _layer_paths(self._terms, "student_path"), "student"
         )
-        teacher_spec = self.teacher_view.output_spec()
+        teacher_spec = self._teacher_spec = self.teacher_view.output_spec()
         student_spec = self._student_view.output_spec()
         self.connectors = self._build_connectors(teacher_spec, student_spec)
         # Variables a loss learns (CTKD's temperature): tracked here, like the
@@ -272,6 +272,7 @@ class Distiller(keras.Model):
         see the same token ids.
         """
         x, y, sample_weight, batch_size = self._preprocess_text(x, y, sample_weight, batch_size)
+        self._check_top_k_temperatures(x)
         epoch_hooks = [term.set_epoch for term in self._terms if term.set_epoch is not None]
         if epoch_hooks:  # e.g. CTKD's reversal curriculum, by epoch
             kwargs["callbacks"] = [_EpochHooks(epoch_hooks), *(kwargs.get("callbacks") or [])]
@@ -287,11 +288,41 @@ class Distiller(keras.Model):
     def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
         """`keras.Model.evaluate`; raw text goes through the student's preprocessor."""
         x, y, sample_weight, batch_size = self._preprocess_text(x, y, sample_weight, batch_size)
+        self._check_top_k_temperatures(x)
         return super().evaluate(x, y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
 
+    def _check_top_k_temperatures(self, data):
+        """Refuses a top-K cache before the first step when a logit term's
+        temperature is not 1 (a schedule that leaves 1 later is caught as the
+        step runs)."""
+        if not cache.holds_top_k(data):
+            return
+        for term in self._terms:
+            if (isinstance(term.loss, LogitsDistillation) and term.teacher_path is None
+                    and as_float(term.temperature) != 1.0):
+                raise ValueError(
+                    f"The data is a top-K teacher cache, which holds log-probabilities "
+                    f"at temperature 1, but the term '{term.name}' has temperature "
+                    f"{as_float(term.temperature)}. Set the LogitsDistillation "
+                    f"temperature to 1.0, or cache full logits (top_k=None)."
+                )
+
     def _text_preprocessor(self, data):
+        if not lm.holds_text(data):
+            return None
         preprocessor = getattr(self.student, "preprocessor", None)
-        return preprocessor if preprocessor is not None and lm.holds_text(data) else None
+        if preprocessor is not None:
+            return preprocessor
+        inputs = getattr(self.student, "inputs", None)  # None: subclassed, cannot tell
+        if inputs and not any(str(i.dtype) == "string" for i in keras.tree.flatten(inputs)):
+            raise ValueError(
+                f"The data holds strings, but the student '{self.student.name}' takes "
+                f"{[str(i.dtype) for i in keras.tree.flatten(inputs)]} inputs and has no "
+                f"KerasHub preprocessor to turn text into token ids. Build the student "
+                f"with its preprocessor (e.g. GPT2CausalLM(backbone, preprocessor=...)), "
+                f"or pass token ids."
+            )
+        return None
 
     def _preprocess_text(self, x, y, sample_weight, batch_size):
         preprocessor = self._text_preprocessor(x)
@@ -565,7 +596,33 @@ class Distiller(keras.Model):
                 f"cache_teacher_outputs(distiller, ...), so that every tapped "
                 f"layer is included."
             )
+        self._check_cache_sizes(cached)
         return cached
+
+    def _check_cache_sizes(self, cached):
+        """Refuses cached outputs whose last axis differs from the teacher's.
+
+        A cache built with another teacher or tokenizer would otherwise fail
+        deep in a loss with a shape error, or broadcast.
+        """
+        if self._teacher_spec is None:  # a subclassed teacher never called
+            return
+        pairs = [(field, getattr(self._teacher_spec, field), getattr(cached, field))
+                 for field in ("output", "logits")]
+        pairs += [(f"layer '{path}'", self._teacher_spec.taps.get(path), value)
+                  for path, value in cached.taps.items()]
+        for where, expected, received in pairs:
+            if expected is None or received is None or isinstance(received, lm.TopK):
+                continue
+            for want, got in zip(keras.tree.flatten(expected), keras.tree.flatten(received)):
+                if want.shape[-1] is not None and got.shape[-1] is not None and want.shape[-1] != got.shape[-1]:
+                    raise ValueError(
+                        f"The cached teacher {where} has {got.shape[-1]} values on its "
+                        f"last axis (shape {tuple(got.shape)}), but this Distiller's "
+                        f"teacher gives {want.shape[-1]} (shape {tuple(want.shape)}): the "
+                        f"cache was built with another teacher or tokenizer. Build it "
+                        f"with cache_teacher_outputs(distiller, ...) from this Distiller."
+                    )
 
     def _pair(self, term, teacher_outputs, student_outputs, training):
         """The (teacher, student) values a term compares, after the connector."""

@@ -182,6 +182,12 @@ def test_raw_text_goes_through_the_students_preprocessor_once_per_batch():
         assert from_text[name] == pytest.approx(from_ids[name], rel=1e-6), name
     history = distiller.fit(texts, batch_size=2, epochs=1, verbose=0).history
     assert np.isfinite(history["loss"][0])
+    without = keras_kd.Distiller(teacher, causal_lm(16, 1, "bare_student", vocabulary=258, seed=2),
+                                 student_loss_weight=0.0)
+    without.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match=r"The data holds strings, but the student 'bare_student' takes "
+                                         r"\['int32', 'int32'\] inputs and has no KerasHub preprocessor"):
+        without.fit(texts, batch_size=2, epochs=1, verbose=0)
 
 
 def test_different_tokenizers_are_refused_and_padding_rows_need_truncate():
@@ -462,13 +468,17 @@ def test_a_top_k_cache_refuses_other_losses_and_temperatures():
     for loss, error, message in (
             (losses.ReverseKL(), ValueError, r"supports the forward KL .* only, but this loss is ReverseKL\(loss='reverse_kl'\)\. "),
             (losses.GeneralizedJSD(0.5), ValueError, r"but this loss is GeneralizedJSD\. Cache full logits"),
-            (keras_kd.LogitsDistillation(2.0), tf.errors.InvalidArgumentError,
-             r"A top-K teacher cache holds log-probabilities at temperature 1; set the LogitsDistillation "
-             r"temperature to 1.0")):
+            (keras_kd.LogitsDistillation(2.0), ValueError,
+             r"The data is a top-K teacher cache, which holds log-probabilities at temperature 1, but the term "
+             r"'logits_distillation' has temperature 2.0. Set the LogitsDistillation temperature to 1.0")):
         distiller = distiller_for(loss)
         cached = keras_kd.cache_teacher_outputs(distiller, dataset, top_k=8)
         with pytest.raises(error, match=message):
             distiller.evaluate(cached, verbose=0)
+    with pytest.raises(tf.errors.InvalidArgumentError,  # a batch given directly: checked as the step runs
+                       match=r"A top-K teacher cache holds log-probabilities at temperature 1; set the "
+                             r"LogitsDistillation temperature to 1.0"):
+        distiller.test_on_batch(*next(iter(cached)))
     small = keras_kd.Distiller(causal_lm(32, 1, "small_teacher", vocabulary=40),
                                causal_lm(16, 1, "small_student", vocabulary=40), keras_kd.LogitsDistillation(1.0),
                                student_loss_weight=0.0)
@@ -479,6 +489,10 @@ def test_a_top_k_cache_refuses_other_losses_and_temperatures():
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"The top-K teacher cache holds token ids beyond the "
                                                               r"student vocabulary of 40 tokens: it was built with"):
         small.evaluate(wide, verbose=0)
+    full = keras_kd.cache_teacher_outputs(distiller_for(keras_kd.LogitsDistillation(1.0)), dataset, shuffle=False)
+    with pytest.raises(ValueError, match=rf"The cached teacher output has {VOCABULARY} values on its last axis "
+                                         r"\(shape \(None, 8, 64\)\), but this Distiller's teacher gives 40 "):
+        small.evaluate(full, verbose=0)
 
 
 def numpy_sampled_kl(top, s):
