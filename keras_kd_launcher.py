@@ -22,7 +22,7 @@ def main():
         print(f"keras-kd {version()}")
         return 0
     with _stderr_held_back():
-        from keras_kd import cli
+        from keras_kd.app import cli
     return cli.main()
 
 

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 import keras_kd
 from benchmarks import common
-from keras_kd import datasets, demo
+from keras_kd.app import datasets, demo
 
 BATCH = 64
 

@@ -4,10 +4,10 @@ on-policy), for GPT-2-style byte-level LMs.
 
     python -m benchmarks.lm [--seeds 3] [--rows ROW ...] [--runs FILE]
 
-The data, tokenizer, models and recipes are keras_kd.demo_lm's (`keras-kd
+The data, tokenizer, models and recipes are keras_kd.app.demo_lm's (`keras-kd
 demo lm`): docstrings of the top-level standard-library modules, split by
 module (train / validation / test modules, see
-keras_kd.datasets.stdlib_docstrings), cut into pieces of at most 128 bytes,
+keras_kd.app.datasets.stdlib_docstrings), cut into pieces of at most 128 bytes,
 one token per byte; the teacher (demo_lm.teacher_model) trained on
 next-token labels; the student (demo_lm.student_model) trained
 `demo_lm.STUDENT_EPOCHS` epochs of 203 batches in every student row, so the
@@ -39,7 +39,7 @@ import tensorflow as tf
 
 import keras_kd
 from benchmarks import common
-from keras_kd import demo_lm
+from keras_kd.app import demo_lm
 
 RESULTS = "benchmarks/lm_results.md"
 RUNS = "benchmarks/lm_runs.jsonl"

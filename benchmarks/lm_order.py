@@ -25,7 +25,7 @@ import tempfile
 
 import keras
 
-from keras_kd import demo_lm
+from keras_kd.app import demo_lm
 
 TEACHER = os.path.join(tempfile.gettempdir(), "keras_kd_lm_benchmark", "teacher_seed0.keras")
 

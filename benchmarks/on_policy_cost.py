@@ -3,7 +3,7 @@ same batches.
 
     python -m benchmarks.on_policy_cost [--rounds 5] [--batches 8]
 
-The demo's LM teacher and student (keras_kd.demo_lm, untrained: the cost
+The demo's LM teacher and student (keras_kd.app.demo_lm, untrained: the cost
 does not depend on the weights, since every continuation is generated to
 the full sequence length), `--batches` batches of 32 training pieces, each
 split into a 32-byte prompt and its continuation
@@ -21,7 +21,8 @@ import keras
 
 import keras_kd
 from benchmarks import common
-from keras_kd import demo_lm, lm
+from keras_kd import lm
+from keras_kd.app import demo_lm
 
 FRACTIONS = (0.0, 0.5)
 

@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 
 import keras_kd
-from keras_kd import datasets, demo
+from keras_kd.app import datasets, demo
 
 
 def main(epochs):

@@ -12,7 +12,7 @@ import argparse
 import keras
 
 import keras_kd
-from keras_kd import datasets, demo
+from keras_kd.app import datasets, demo
 
 
 def student_model():

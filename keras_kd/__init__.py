@@ -1,6 +1,6 @@
 """keras_kd: correct, fast knowledge distillation for Keras 3 on TensorFlow."""
 
-from keras_kd import augment, callbacks, connectors, datasets, losses, metrics
+from keras_kd import augment, callbacks, connectors, losses, metrics
 from keras_kd._version import __version__
 from keras_kd.cache import cache_teacher_outputs
 from keras_kd.distiller import Distiller
@@ -22,8 +22,23 @@ __all__ = [
     "callbacks",
     "export_student",
     "connectors",
-    "datasets",
     "losses",
     "plan_features",
     "metrics",
 ]
+
+
+def __getattr__(name):
+    # `keras_kd.datasets` moved to the application (`keras_kd.app.datasets`):
+    # the demo data is not part of the library.
+    if name == "datasets":
+        import warnings
+
+        warnings.warn(
+            "`keras_kd.datasets` moved to `keras_kd.app.datasets` (the demo's data, "
+            "which needs the 'demo' extra); the old name will be removed.",
+            DeprecationWarning, stacklevel=2)
+        from keras_kd.app import datasets
+
+        return datasets
+    raise AttributeError(f"module 'keras_kd' has no attribute {name!r}")

@@ -2,6 +2,6 @@
 
 import sys
 
-from keras_kd.cli import main
+from keras_kd.app.cli import main
 
 sys.exit(main())

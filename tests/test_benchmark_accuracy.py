@@ -6,7 +6,8 @@ import keras
 import numpy as np
 
 from benchmarks import accuracy
-from keras_kd import augment, demo
+from keras_kd import augment
+from keras_kd.app import demo
 from keras_kd.losses.logits import LogitsDistillation
 
 RECIPE = "keras_kd recipe: consistent shift + CutMix, T=1, teacher only"

@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import keras_kd
-from keras_kd import cli, datasets, demo
+from keras_kd.app import cli, datasets, demo
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "examples" / "configs").glob("*.json"))
@@ -74,7 +74,7 @@ def test_console_command_starts_without_tensorflow_noise():
         assert result.stderr == "", arguments  # no absl/oneDNN/cuInit lines
 
 
-@pytest.mark.parametrize("module", ["keras_kd", "keras_kd.cli"])
+@pytest.mark.parametrize("module", ["keras_kd", "keras_kd.app.cli"])
 def test_python_dash_m_runs_the_command(module):
     result = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, env=ENV)
     assert result.returncode == 0 and result.stdout == f"keras-kd {keras_kd.__version__}\n"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from keras_kd import datasets
+from keras_kd.app import datasets
 
 
 def test_mnist1d_default_is_the_papers_split_and_sizes_are_configurable():

@@ -1,9 +1,10 @@
-"""keras_kd.demo: the recipe's options and the rule that picks them."""
+"""keras_kd.app.demo: the recipe's options and the rule that picks them."""
 
 import pytest
 
 import keras_kd
-from keras_kd import augment, demo
+from keras_kd import augment
+from keras_kd.app import demo
 from keras_kd.losses.logits import LogitsDistillation
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
 
-from keras_kd import cache, cli, demo_lm
+from keras_kd import cache
+from keras_kd.app import cli, demo_lm
 
 
 def test_tokens_are_the_utf8_bytes_and_padding_has_no_weight():

@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 import keras_kd
-from keras_kd import datasets, export
+from keras_kd import export
+from keras_kd.app import datasets
 from tests.helpers import sparse_ce
 
 

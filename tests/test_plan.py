@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import keras_kd
-from keras_kd import demo
+from keras_kd.app import demo
 from keras_kd.plan import FeaturePair, FeaturePlan, stages
 from keras_kd.taps import resolve_layer
 from tests.helpers import sparse_ce

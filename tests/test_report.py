@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import PIL.Image
 
-from keras_kd import datasets, demo, report
+from keras_kd.app import datasets, demo, report
 
 
 def test_reliability_bins_and_ece_by_hand():

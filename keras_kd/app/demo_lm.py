@@ -3,7 +3,7 @@ distilled students on the docstrings of Python's standard library, compared
 by held-out bits per byte.
 
 Everything is built in memory: the text is read from the installed standard
-library (`keras_kd.datasets.stdlib_docstrings`), the tokenizer is KerasHub's
+library (`keras_kd.app.datasets.stdlib_docstrings`), the tokenizer is KerasHub's
 GPT-2 tokenizer over the 256 byte symbols, and the models are KerasHub
 `GPT2CausalLM`s built from constructor arguments. Nothing is downloaded.
 """
@@ -17,8 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_kd import datasets
-from keras_kd.demo import text_table
+from keras_kd.app import datasets
+from keras_kd.app.demo import text_table
 from keras_kd.distiller import Distiller
 from keras_kd.losses.logits import LogitsDistillation
 
@@ -78,7 +78,7 @@ def tokenizer():
     Example:
 
     ```python
-    keras_kd.demo_lm.tokenizer()("héllo")  # [71, 127, 102, 75, 75, 78]: 6 bytes
+    keras_kd.app.demo_lm.tokenizer()("héllo")  # [71, 127, 102, 75, 75, 78]: 6 bytes
     ```
     """
     import keras_hub

@@ -15,9 +15,10 @@ import sys
 
 import numpy as np
 
-from keras_kd import datasets, losses
+from keras_kd import losses
 from keras_kd._files import atomic_path, check_destination
 from keras_kd._version import __version__
+from keras_kd.app import datasets
 
 TEMPERATURE = 4.0
 STUDENT_LOSS_WEIGHT = 0.1
@@ -253,7 +254,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo" and args.task == "lm":
-            from keras_kd import demo_lm
+            from keras_kd.app import demo_lm
 
             if args.epochs is not None:
                 raise UsageError(
@@ -262,7 +263,7 @@ def main(argv=None):
                     f"({demo_lm.QUICK_EPOCHS} with --quick)")
             demo_lm.run(output=args.output, quick=args.quick, seed=args.seed, all_rows=args.all_rows)
         elif args.command == "demo":
-            from keras_kd import demo
+            from keras_kd.app import demo
 
             if args.all_rows:
                 raise UsageError("--all-rows is the lm demo's: keras-kd demo lm --all-rows")
@@ -341,7 +342,7 @@ def load_model_file(path, what):
 
 
 def load_data_spec(spec):
-    """`keras_kd.datasets.load`, also accepting a plain `.npz` path.
+    """`keras_kd.app.datasets.load`, also accepting a plain `.npz` path.
 
     Args:
         spec: a data spec (`datasets.SPECS`).

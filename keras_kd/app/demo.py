@@ -7,7 +7,8 @@ import time
 import keras
 import tensorflow as tf
 
-from keras_kd import augment, datasets, report
+from keras_kd import augment
+from keras_kd.app import datasets, report
 from keras_kd.distiller import Distiller
 from keras_kd.export import export_student, save_for_inference
 from keras_kd.losses.logits import LogitsDistillation

@@ -26,7 +26,7 @@ def mnist1d(seed=42, samples=5000):
     Example:
 
     ```python
-    (x_train, y_train), (x_test, y_test) = keras_kd.datasets.mnist1d()
+    (x_train, y_train), (x_test, y_test) = keras_kd.app.datasets.mnist1d()
     ```
 
     Reference:
@@ -81,7 +81,7 @@ def stdlib_docstrings(validation=0.1, test=0.1, root=None):
     Example:
 
     ```python
-    train, validation, test = keras_kd.datasets.stdlib_docstrings()
+    train, validation, test = keras_kd.app.datasets.stdlib_docstrings()
     ```
     """
     if not (0 <= validation < 1 and 0 <= test < 1 and validation + test < 1):
