@@ -73,13 +73,21 @@ def test_mixup_hard_label_loss_is_the_lambda_weighted_pair():
 
 
 def test_evaluate_does_not_augment():
-    distiller = keras_kd.Distiller(
-        dense_classifier(8), dense_classifier(4), augmentation=keras.layers.GaussianNoise(1.0)
-    )
-    distiller.compile(optimizer="adam", loss=sparse_ce())
+    # An augmentation that changes the inputs whatever `training` says (unlike
+    # GaussianNoise, which does nothing outside training): if `evaluate`
+    # applied it, the losses would differ from an unaugmented Distiller's.
+    teacher, student = dense_classifier(8), dense_classifier(4)
+    shift = lambda x: x + 100.0
     x, y = toy_data(32)
-    first = distiller.evaluate(x, y, verbose=0)
-    assert distiller.evaluate(x, y, verbose=0) == first
+    results = []
+    for augmentation in (shift, None):
+        distiller = keras_kd.Distiller(teacher, student, augmentation=augmentation)
+        distiller.compile(optimizer="adam", loss=sparse_ce())
+        results.append(distiller.evaluate(x, y, verbose=0))
+    assert results[0] == results[1]
+    # ...and the shift does change what the models see during training.
+    shifted, _ = augment.as_augmentation(shift)(keras.ops.array(x), [(keras.ops.array(y), None)])
+    np.testing.assert_allclose(shifted, x + 100.0)
 
 
 def test_bad_augmentation_is_refused():
@@ -133,9 +141,9 @@ def test_cutmix_refuses_inputs_without_steps():
         dense_classifier(8), dense_classifier(4), student_loss_weight=0.0,
         augmentation=augment.CutMix(seed=0),
     )
+    distiller.compile(optimizer="adam")
     with pytest.raises(ValueError, match=r"CutMix takes \(batch, steps, channels\) or \(batch, height, "
                                          r"width, channels\) inputs, but received shape \(None, 8\)"):
-        distiller.compile(optimizer="adam")
         distiller.fit(*toy_data(16), epochs=1, verbose=0)
 
 

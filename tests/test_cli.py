@@ -4,6 +4,7 @@ import configparser
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -127,8 +128,23 @@ def test_distill_with_features_cache_logs_and_int8_export(models, tmp_path, caps
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_every_shipped_config_runs(models, tmp_path, config):
+def test_every_shipped_config_runs(models, tmp_path, config, capsys):
     assert distill(models, tmp_path, "--config", str(config)) == 0
+    # The config's terms and weights reached the step: its terms are logged by
+    # name and the loss is the configured mix of hard-label and teacher terms.
+    settings = json.loads(config.read_text())
+    epoch_line = next(line for line in capsys.readouterr().out.splitlines() if "distillation_loss:" in line)
+    logged = dict(re.findall(r"(\w+): (-?[\d.]+(?:e[-+]?\d+)?)", epoch_line))
+    logged = {name: float(value) for name, value in logged.items()}
+    names = {"LogitsDistillation": "logits_distillation", "FeatureDistillation": "feature_distillation"}
+    terms = [names.get(entry["class_name"]) for entry in settings["distillation_losses"]]
+    if len(terms) > 1:  # one term is logged as distillation_loss alone
+        weights = settings["distillation_loss_weights"]
+        assert logged["distillation_loss"] == pytest.approx(
+            sum(w * logged[t] for w, t in zip(weights, terms)), abs=2e-3)
+    weight = settings["student_loss_weight"]
+    mixed = weight * logged["student_loss"] + (1 - weight) * logged["distillation_loss"]
+    assert logged["loss"] == pytest.approx(mixed, abs=2e-3)
 
 
 def test_npz_and_mocked_tfds_data(models, tmp_path):
