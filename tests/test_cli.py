@@ -63,6 +63,7 @@ def test_help_lists_every_subcommand_with_defaults(capsys):
         assert expected in " ".join(capsys.readouterr().out.split()), command
 
 
+@pytest.mark.slow
 def test_console_command_starts_without_tensorflow_noise():
     setup = configparser.ConfigParser()
     setup.read(ROOT / "setup.cfg")
@@ -75,6 +76,7 @@ def test_console_command_starts_without_tensorflow_noise():
         assert result.stderr == "", arguments  # no absl/oneDNN/cuInit lines
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["keras_kd", "keras_kd.app.cli"])
 def test_python_dash_m_runs_the_command(module):
     result = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, env=ENV)
@@ -88,6 +90,7 @@ def test_setup_declares_what_tensorflow_datasets_imports():
     assert setup["metadata"]["version"] == "attr: keras_kd._version.__version__"
 
 
+@pytest.mark.slow
 def test_quick_demo_prints_the_table_and_writes_its_files(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "kd_output").mkdir()  # a full demo's files are never touched by --quick
@@ -379,6 +382,7 @@ def test_traceback_flag_shows_the_full_error(models, tmp_path):
                   "--representative-data", "npz:missing.npz", "--traceback"])
 
 
+@pytest.mark.slow
 def test_an_interrupted_distill_resumes_to_the_same_student(models, tmp_path):
     (x, y), _ = datasets.mnist1d()
     np.savez(tmp_path / "d.npz", x=x[:1024], y=y[:1024])
@@ -406,6 +410,7 @@ def test_an_interrupted_distill_resumes_to_the_same_student(models, tmp_path):
         np.testing.assert_array_equal(after_resume, reference)
 
 
+@pytest.mark.slow
 def test_a_failed_save_keeps_the_previous_student_and_the_run(models, tmp_path, monkeypatch, capsys):
     output = tmp_path / "out"
     assert distill(models, tmp_path) == 0

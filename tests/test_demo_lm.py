@@ -92,6 +92,7 @@ def test_bits_per_byte_is_the_masked_mean_nll_in_bits():
     assert tokens == mask[:4].sum() and nats == pytest.approx(nll[:4][mask[:4] == 1].sum(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_quick_lm_demo_prints_the_table_in_bits_per_byte(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert cli.main(["demo", "lm", "--quick"]) == 0

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+pytestmark = pytest.mark.slow  # end-to-end: run by .ci/run, not by the fast suite
+
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
 

@@ -79,7 +79,9 @@ def test_the_mask_falls_back_to_the_padding_mask_without_sample_weights():
     x, _, _ = token_batch([8, 4, 2, 6])
     value = distiller.test_on_batch(x, return_dict=True)["distillation_loss"]
     expected = numpy_kl(distiller.teacher(x), distiller.student(x), 2.0, mask=x["padding_mask"])
-    assert value == pytest.approx(expected, rel=1e-5)
+    # The KL of two close float32 distributions (~2e-3) carries ~1e-7 of
+    # cancellation error: oneDNN's kernels on this CPU land 7.7e-8 away.
+    assert value == pytest.approx(expected, rel=1e-5, abs=2e-7)
 
 
 def numpy_generalized_jsd(t, s, beta, temperature=1.0, mask=None):
@@ -645,6 +647,7 @@ def test_on_policy_rows_hold_the_students_own_greedy_continuations():
     assert np.isfinite(distiller.fit(batches, epochs=1, verbose=0).history["loss"][0])
 
 
+@pytest.mark.slow
 def test_a_cache_build_streams_its_peak_memory_does_not_grow_with_the_data(tmp_path):
     import json
     import pathlib

@@ -11,6 +11,8 @@ import tensorflow as tf
 
 from tests import multi_worker_job
 
+pytestmark = pytest.mark.slow  # end-to-end: run by .ci/run, not by the fast suite
+
 JOB = os.path.join(os.path.dirname(__file__), "multi_worker_job.py")
 
 

@@ -3,6 +3,10 @@
 import pathlib
 import re
 
+import pytest
+
+pytestmark = pytest.mark.slow  # end-to-end: run by .ci/run, not by the fast suite
+
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
 

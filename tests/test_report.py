@@ -8,6 +8,7 @@ import re
 import keras
 import numpy as np
 import PIL.Image
+import pytest
 
 from keras_kd.app import datasets, demo, report
 
@@ -83,6 +84,7 @@ def printed_table(output):
     return rows
 
 
+@pytest.mark.slow
 def test_quick_demo_writes_one_self_contained_report(tmp_path, capsys):
     output = tmp_path / "out"
     demo.run(output=str(output), quick=True, epochs=1)
