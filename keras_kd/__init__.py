@@ -3,6 +3,7 @@
 from keras_kd import augment, callbacks, connectors, losses, metrics
 from keras_kd._version import __version__
 from keras_kd.cache import cache_teacher_outputs
+from keras_kd.calibration import calibrate
 from keras_kd.distiller import Distiller
 from keras_kd.export import export_student
 from keras_kd.losses import DistillationLoss, FeatureDistillation, LogitsDistillation
@@ -19,6 +20,7 @@ __all__ = [
     "LogitsDistillation",
     "augment",
     "cache_teacher_outputs",
+    "calibrate",
     "callbacks",
     "export_student",
     "connectors",
