@@ -292,8 +292,8 @@ def _softmax_site(tensor):
     activation = getattr(operation, "activation", None)
     if activation in SOFTMAX_FUNCTIONS:
         return (operation, "activation")
-    built_in = type(operation).__module__.startswith("keras.src.") and (
-        activation is None or getattr(activation, "__module__", "").startswith("keras.src.")
+    built_in = _keras_compat.defined_by_keras(type(operation)) and (
+        activation is None or _keras_compat.defined_by_keras(activation)
     )
     return (operation, "none" if built_in else "unknown")
 
@@ -455,3 +455,19 @@ def log_probabilities(probabilities):
     """log(p) in float32, floored at the smallest normal float32."""
     probabilities = ops.cast(probabilities, "float32")
     return ops.log(ops.maximum(probabilities, 1.1754944e-38))
+
+
+__all__ = [
+    "FINAL_OUTPUT",
+    "SOFTMAX_FUNCTIONS",
+    "EnsembleView",
+    "ModelView",
+    "ViewOutputs",
+    "ends_with_softmax",
+    "find_softmax",
+    "input_signature",
+    "log_probabilities",
+    "resolve_layer",
+    "symbolic_outputs",
+    "synthetic_batch",
+]
