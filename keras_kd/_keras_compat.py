@@ -128,6 +128,28 @@ def _one_replica(value, strategy):
     return value
 
 
+def loss_scale_optimizer(optimizer, student):
+    """The optimizer, wrapped in a `LossScaleOptimizer` for a `mixed_float16`
+    student.
+
+    Keras 3.15's `compile` wraps the optimizer only when the compiled model's
+    own dtype policy is `mixed_float16`; a mixed student inside a float32
+    model (the Distiller) needs it too, or float16 gradients underflow.
+
+    Args:
+        optimizer: a `keras.optimizers.Optimizer`.
+        student: the model whose policy decides.
+
+    Returns:
+        `optimizer`, or a `keras.optimizers.LossScaleOptimizer` around it.
+    """
+    if student.dtype_policy.name == "mixed_float16" and not isinstance(
+        optimizer, keras.optimizers.LossScaleOptimizer
+    ):
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
 def step_results(results, strategy):
     """A custom step's logs, shaped so that Keras can reduce them.
 
@@ -201,6 +223,7 @@ __all__ = [
     "keras_history",
     "keras_mask",
     "litert_operations",
+    "loss_scale_optimizer",
     "loss_tracker",
     "one_replica_batch",
     "replaced_calls",

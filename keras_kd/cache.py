@@ -52,6 +52,7 @@ __all__ = [
     "TEACHER_KEY",
     "cache_teacher_outputs",
     "check_cached_outputs",
+    "check_not_augmented",
     "check_top_k_temperatures",
     "holds_top_k",
     "shuffle_buffer_size",
@@ -213,6 +214,29 @@ def check_top_k_temperatures(data, terms):
                 f"{as_float(term.temperature)}. Set the LogitsDistillation "
                 f"temperature to 1.0, or cache full logits (top_k=None)."
             )
+
+
+def check_not_augmented(cached, augmentation):
+    """Refuses cached teacher outputs for a Distiller that augments batches.
+
+    Args:
+        cached: a batch's cached teacher outputs, or `None`.
+        augmentation: the Distiller's `augmentation` argument (not `None`).
+
+    Raises:
+        ValueError: if `cached` is not `None`: the cache describes the inputs
+            before augmentation, so teacher and student would see different
+            inputs.
+    """
+    if cached is not None:
+        raise ValueError(
+            "The batches carry cached teacher outputs, which describe "
+            "the inputs before augmentation, but this Distiller "
+            "augments each batch (augmentation="
+            f"{augmentation!r}), so teacher and student would "
+            "see different inputs. Train on the uncached data, or "
+            "build the Distiller without augmentation."
+        )
 
 
 def check_cached_outputs(cached, teacher_spec, terms):

@@ -1,14 +1,13 @@
 """`Distiller`: a frozen teacher supervises a student through `fit`."""
 
-import functools
-
 import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_kd import _keras_compat, _validation, augment, cache, lm, taps, terms
+from keras_kd import _keras_compat, _validation, augment, cache, hard_label, lm, taps, terms
 from keras_kd import metrics as fidelity
 from keras_kd._validation import as_float, check_number
+from keras_kd.hard_label import combine_weights, total
 from keras_kd.losses.base import global_token_count
 
 
@@ -100,19 +99,9 @@ class Distiller(keras.Model):
         Network", arXiv:1503.02531, 2015.
     """
 
-    def __init__(
-        self,
-        teacher,
-        student,
-        distillation_losses=None,
-        distillation_loss_weights=None,
-        student_loss_weight=0.5,
-        augmentation=None,
-        teacher_weights=None,
-        vocabulary_alignment=None,
-        name="distiller",
-        **kwargs,
-    ):
+    def __init__(self, teacher, student, distillation_losses=None, distillation_loss_weights=None,
+                 student_loss_weight=0.5, augmentation=None, teacher_weights=None,
+                 vocabulary_alignment=None, name="distiller", **kwargs):
         super().__init__(name=name, **kwargs)
         teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
         for model in teachers:
@@ -120,7 +109,7 @@ class Distiller(keras.Model):
         _validation.check_model(student, "student")
         _validation.check_separate_models(teachers, student)
         for model in teachers:
-            _validation.check_same_inputs(model, student, _input_shapes)
+            _validation.check_same_inputs(model, student, taps.input_shapes)
         losses = terms.as_loss_list(distillation_losses)
         weights = terms.loss_weights(distillation_loss_weights, len(losses))
         logits_size = lm.check_vocabularies(teachers, student, vocabulary_alignment)
@@ -149,34 +138,18 @@ class Distiller(keras.Model):
         ]
         self.loss_hyperparameters = terms.make_schedulable(losses, self.term_names)
         self._logits_size = logits_size
-        self._terms = [
-            terms.Term(loss, term, logits_size, self.teacher_weights)
-            for loss, term in zip(losses, self.term_names)
-        ]
-
+        self._terms = terms.make_terms(losses, self.term_names, logits_size, self.teacher_weights)
         # The view that runs the teacher(s) once and taps what the losses
         # read; `cache_teacher_outputs` runs the same view.
-        teacher_paths = terms.layer_paths(self._terms, "teacher")
-        self.teacher_view = (
-            taps.ModelView(teacher, teacher_paths, "teacher")
-            if len(teachers) == 1
-            else taps.EnsembleView(teachers, teacher_paths)
-        )
-        self._student_view = taps.ModelView(
-            student, terms.layer_paths(self._terms, "student"), "student"
-        )
+        self.teacher_view = taps.view(teachers, terms.layer_paths(self._terms, "teacher"), "teacher")
+        self._student_view = taps.view([student], terms.layer_paths(self._terms, "student"), "student")
         teacher_spec = self._teacher_spec = self.teacher_view.output_spec()
         student_spec = self._student_view.output_spec()
         self.connectors = terms.build_connectors(self._terms, teacher_spec, student_spec)
         # Variables a loss learns (CTKD's temperature): tracked here, like the
         # connectors, so the optimizer trains them and the Distiller saves them.
         self.loss_layers = {t.name: t.layer for t in self._terms if t.layer is not None}
-        self._logged_terms = fidelity.TermMeans(
-            ["total_loss", "student_loss", "distillation_loss"]
-            + (self.term_names if len(losses) > 1 else [])
-            + [f"{t.name}_{attribute}" for t in self._terms for attribute in t.logged]
-            + ["teacher_agreement"]
-        )
+        self._logged_terms = fidelity.TermMeans(terms.logged_names(self._terms))
         self.fidelity_metrics = []  # keras_kd.metrics given to compile()
         terms.check_terms_are_scalars(self._terms, teacher_spec, student_spec)
         # Sub-models are built: marking the Distiller built lets `.keras`
@@ -204,31 +177,15 @@ class Distiller(keras.Model):
         Raises:
             ValueError: if `loss` is missing while `student_loss_weight > 0`.
         """
-        weight = as_float(self.student_loss_weight)
-        if loss is None and weight > 0:
-            raise ValueError(
-                f"Distiller.compile() received loss=None, but "
-                f"student_loss_weight={weight} > 0 needs a hard-label loss. "
-                f"Pass the loss your labels need, e.g. loss=keras.losses."
-                f"SparseCategoricalCrossentropy(from_logits=True), or build "
-                f"the Distiller with student_loss_weight=0.0 to learn from "
-                f"the teacher alone."
-            )
+        hard_label.check_compiled(loss, as_float(self.student_loss_weight))
         optimizer = keras.optimizers.get(optimizer)
         # Emptied in place: Keras untracks what leaves its tracked list, so a
         # re-compile without them does not keep logging stale metrics.
         self.fidelity_metrics.clear()
         found, metrics = fidelity.split_metrics(metrics, kwargs.get("weighted_metrics"))
         self.fidelity_metrics.extend(found)
-        if self.student.dtype_policy.name == "mixed_float16" and not isinstance(
-            optimizer, keras.optimizers.LossScaleOptimizer
-        ):
-            # Keras wraps only when the Distiller's own policy is mixed; a
-            # mixed_float16 student under a float32 Distiller needs it too.
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        super().compile(
-            optimizer=optimizer, loss=loss, metrics=metrics, **kwargs
-        )
+        optimizer = _keras_compat.loss_scale_optimizer(optimizer, self.student)
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
         self._hard_label_loss_weights = kwargs.get("loss_weights")
         if self.jit_compile and self._augment is not None and not self._augment.supports_jit:
             if kwargs.get("jit_compile") is True:
@@ -318,12 +275,8 @@ class Distiller(keras.Model):
             `"<term>.<number>"` for each schedulable number of a loss (e.g.
             `"logits_distillation.temperature"`).
         """
-        variables = {"student_loss_weight": self.student_loss_weight}
-        for term, weight in zip(self._terms, self.distillation_loss_weights):
-            variables[f"{term.name}.weight"] = weight
-            for attribute in term.schedulable:
-                variables[f"{term.name}.{attribute}"] = getattr(term.loss, attribute)
-        return variables
+        return terms.schedulable_variables(
+            self.student_loss_weight, self._terms, self.distillation_loss_weights)
 
     def distillation_outputs(self, x):
         """What each distillation term compares, in inference mode.
@@ -336,35 +289,14 @@ class Distiller(keras.Model):
             the student's after its connector; several teachers' logits are
             mixed at the term's temperature, as in training.
         """
-        teacher_outputs = self.teacher_outputs(x)
-        student_outputs = self._student_view(x, training=False)
-        return {
-            term.name: tuple(
-                keras.ops.convert_to_numpy(v)
-                for v in term.pair(teacher_outputs, student_outputs, training=False)
-            )
-            for term in self._terms
-        }
+        outputs = self.teacher_outputs(x), self._student_view(x, training=False)
+        return {term.name: tuple(keras.ops.convert_to_numpy(v) for v in term.pair(*outputs, training=False))
+                for term in self._terms}
 
     # ----------------------------------------------------------------- step
 
     def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        x, cached = cache.split(x)
-        targets = _targets(y)
-        if self._augment is not None:
-            if cached is not None:
-                raise ValueError(
-                    "The batches carry cached teacher outputs, which describe "
-                    "the inputs before augmentation, but this Distiller "
-                    "augments each batch (augmentation="
-                    f"{self.augmentation!r}), so teacher and student would "
-                    "see different inputs. Train on the uncached data, or "
-                    "build the Distiller without augmentation."
-                )
-            x, targets = self._augment(x, targets)
-        teacher_outputs = self._teacher_outputs(x, cached)
-        mask = lm.token_mask(x, sample_weight, teacher_outputs.logits)
+        x, targets, sample_weight, teacher_outputs, mask = self._batch(data, training=True)
         with global_token_count(mask):  # one all-reduce of the token count per step
             with tf.GradientTape() as tape:
                 student_outputs = self._student_view(x, training=True)
@@ -390,75 +322,63 @@ class Distiller(keras.Model):
             )
 
     def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        x, cached = cache.split(x)
-        teacher_outputs = self._teacher_outputs(x, cached)
-        mask = lm.token_mask(x, sample_weight, teacher_outputs.logits)
+        x, targets, sample_weight, teacher_outputs, mask = self._batch(data, training=False)
         with global_token_count(mask):
             student_outputs = self._student_view(x, training=False)
             values = self._objective(
-                _targets(y), sample_weight, teacher_outputs, student_outputs, False, mask
+                targets, sample_weight, teacher_outputs, student_outputs, False, mask
             )
             return self._update_metrics(
-                values, x, _targets(y), teacher_outputs, student_outputs, sample_weight, mask
+                values, x, targets, teacher_outputs, student_outputs, sample_weight, mask
             )
 
-    def _objective(
-        self, targets, sample_weight, teacher_outputs, student_outputs, training, mask
-    ):
+    def _batch(self, data, training):
+        """`(x, targets, sample_weight, teacher outputs, token mask)` of a
+        batch, augmented in training; the teacher's outputs from the batch's
+        cache, else from one forward."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, cached = cache.split(x)
+        targets = [] if y is None else [(y, None)]  # see keras_kd.augment
+        if training and self._augment is not None:
+            cache.check_not_augmented(cached, self.augmentation)
+            x, targets = self._augment(x, targets)
+        if cached is None:
+            teacher_outputs = self.teacher_view(x, training=False)
+        else:
+            cache.check_cached_outputs(cached, self._teacher_spec, self._terms)
+            teacher_outputs = cached
+        return x, targets, sample_weight, teacher_outputs, lm.token_mask(
+            x, sample_weight, teacher_outputs.logits)
+
+    def _objective(self, targets, sample_weight, teacher_outputs, student_outputs, training, mask):
         """Every term of the objective, per replica, before any scaling.
 
         `targets` is a list of `(y, weight)` pairs (see `keras_kd.augment`):
         the hard-label loss sums the loss of each pair.
         """
         weight = ops.cast(self.student_loss_weight, "float32")
-        if not targets and _traced_value(self.student_loss_weight) > 0:
-            raise ValueError(
-                f"The data has no labels, but student_loss_weight="
-                f"{_traced_value(self.student_loss_weight)} > 0 needs them. Yield "
-                f"(x, y) batches, or build the Distiller with "
-                f"student_loss_weight=0.0 to learn from the teacher alone."
-            )
+        hard_label.check_labels(targets, _traced_value(self.student_loss_weight))
         compiled_loss = _keras_compat.compile_loss(self)
         fused = None
         if _traced_value(self.student_loss_weight) != 0:
-            fused = terms.fused_term(self._terms, self.loss, self._hard_label_loss_weights,
-                                     targets, teacher_outputs, student_outputs, training, mask)
+            fused = hard_label.fused_term(self._terms, self.loss, self._hard_label_loss_weights,
+                                          targets, teacher_outputs, student_outputs, training, mask)
         values = {}
-        if fused is not None:
-            # One gradient pass for the hard labels and the forward KL.
-            values[fused.name], hard_label = terms.fused_values(
+        if fused is not None:  # one gradient pass for the hard labels and the forward KL
+            values[fused.name], student_loss = hard_label.fused_values(
                 fused, self.loss, targets[0][0], sample_weight, teacher_outputs, student_outputs,
                 mask)
-            student_loss = _unscaled(hard_label)
             self._traced_without_hard_labels = False
         elif compiled_loss is None or not targets:
-            student_loss = _total([])
+            student_loss = total([])
         elif training and _traced_value(self.student_loss_weight) == 0:
-            # Left out of the traced step while its weight is 0 (for a
-            # language model, a full-vocabulary cross-entropy and its
-            # gradient). make_train_function() retraces when the weight
-            # leaves 0; a stale step refuses to run rather than ignore it.
-            self._traced_without_hard_labels = True
-            check = tf.debugging.assert_equal(
-                weight, 0.0,
-                message="student_loss_weight left 0 after the training step was "
-                "traced without the hard-label loss. Call "
-                "distiller.make_train_function(force=True) after changing it, "
-                "or change it with keras_kd.callbacks.DistillationScheduler.",
-            )
-            with tf.control_dependencies([check]):
-                student_loss = _total([]) + 0.0
+            self._traced_without_hard_labels = True  # see make_train_function()
+            student_loss = hard_label.left_out(weight)
         else:
             if training:
                 self._traced_without_hard_labels = False
-            # keras.losses.Loss divides by the replica count; undone, so that
-            # every term is a plain per-replica mean.
-            student_loss = _total([
-                _unscaled(ops.cast(compiled_loss(
-                    y, student_outputs.output, _combine(sample_weight, target_weight)), "float32"))
-                for y, target_weight in targets
-            ])
+            student_loss = hard_label.loss(compiled_loss, targets, student_outputs.output,
+                                           sample_weight)
         values = {"student_loss": student_loss, **values}
         weighted = []
         for term, loss_weight in zip(self._terms, self.distillation_loss_weights):
@@ -466,22 +386,15 @@ class Distiller(keras.Model):
                 values[term.name] = term.value(
                     teacher_outputs, student_outputs, training, targets, mask)
             weighted.append(ops.cast(loss_weight, "float32") * values[term.name])
-        values["distillation_loss"] = _total(weighted)
-        values["total_loss"] = _total(
+        values["distillation_loss"] = total(weighted)
+        values["total_loss"] = total(
             [weight * values["student_loss"], (1.0 - weight) * values["distillation_loss"]]
         )
         regularization = [
             ops.cast(ops.sum(value), "float32") for value in self.student.losses
         ]
-        values["loss"] = _total([values["total_loss"]] + regularization)
+        values["loss"] = total([values["total_loss"]] + regularization)
         return values
-
-    def _teacher_outputs(self, x, cached):
-        """The teacher's outputs: from the batch's cache, else one forward."""
-        if cached is None:
-            return self.teacher_view(x, training=False)
-        cache.check_cached_outputs(cached, self._teacher_spec, self._terms)
-        return cached
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         """Keras's, on one replica's part of the first batch (see
@@ -492,39 +405,25 @@ class Distiller(keras.Model):
     def get_metrics_result(self):
         """Keras's, leaving out compiled metrics that never saw labels (a
         Distiller trained on unlabelled data)."""
-        results = {}
-        for metric in self.metrics:
-            if not getattr(metric, "built", True):
-                continue
-            result = metric.result()
-            if isinstance(result, dict):
-                results.update(result)
-            else:
-                results[metric.name] = result
-        return results
+        return fidelity.built_results(self.metrics)
 
     def _teacher_agreement(self, teacher_outputs, student_outputs, mask):
         return fidelity.teacher_agreement(teacher_outputs.logits, student_outputs.logits, mask,
                                           self.teacher_weights, self._logits_size)
 
-    def _update_metrics(
-        self, values, x, targets, teacher_outputs, student_outputs, sample_weight, mask,
-        agreement=None,
-    ):
+    def _update_metrics(self, values, x, targets, teacher_outputs, student_outputs, sample_weight, mask,
+                        agreement=None):
         batch_size = ops.cast(ops.shape(keras.tree.flatten(x)[0])[0], "float32")
         if agreement is None:
             agreement = self._teacher_agreement(teacher_outputs, student_outputs, mask)
-        values = dict(values, teacher_agreement=agreement)
-        for term in self._terms:
-            for attribute in term.logged:
-                values[f"{term.name}_{attribute}"] = getattr(term.loss, attribute)
+        values = dict(values, teacher_agreement=agreement, **terms.logged_values(self._terms))
         _keras_compat.loss_tracker(self).update_state(values["loss"], sample_weight=batch_size)
         self._logged_terms.update_state(values, batch_size)
         compiled_metrics = _keras_compat.compile_metrics(self)
         if compiled_metrics is not None:
             for y, target_weight in targets:
                 compiled_metrics.update_state(
-                    y, student_outputs.output, _combine(sample_weight, target_weight)
+                    y, student_outputs.output, combine_weights(sample_weight, target_weight)
                 )
         unlabelled = fidelity.update_fidelity(
             self.fidelity_metrics, targets, teacher_outputs.logits, student_outputs.logits, mask,
@@ -537,47 +436,26 @@ class Distiller(keras.Model):
     # --------------------------------------------------------------- config
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            teacher=(
-                [_serialize_model(t) for t in self.teachers]
-                if isinstance(self.teacher, (list, tuple))
-                else _serialize_model(self.teacher)
-            ),
-            student=_serialize_model(self.student),
-            distillation_losses=[
-                keras.saving.serialize_keras_object(loss)
-                for loss in self.distillation_losses
-            ],
-            distillation_loss_weights=[
-                as_float(w) for w in self.distillation_loss_weights
-            ],
-            student_loss_weight=as_float(self.student_loss_weight),
-            teacher_weights=self.teacher_weights if len(self.teachers) > 1 else None,
-            vocabulary_alignment=self.vocabulary_alignment,
-            augmentation=keras.tree.map_structure(
-                keras.saving.serialize_keras_object, self.augmentation
-            ),
-        )
-        return config
+        serialize = keras.saving.serialize_keras_object
+        return {
+            **super().get_config(),
+            "teacher": ([_serialize_model(t) for t in self.teachers]
+                        if isinstance(self.teacher, (list, tuple)) else _serialize_model(self.teacher)),
+            "student": _serialize_model(self.student),
+            "distillation_losses": [serialize(loss) for loss in self.distillation_losses],
+            "distillation_loss_weights": [as_float(w) for w in self.distillation_loss_weights],
+            "student_loss_weight": as_float(self.student_loss_weight),
+            "teacher_weights": self.teacher_weights if len(self.teachers) > 1 else None,
+            "vocabulary_alignment": self.vocabulary_alignment,
+            "augmentation": keras.tree.map_structure(serialize, self.augmentation),
+        }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        deserialize = keras.saving.deserialize_keras_object
-        for key in ("teacher", "student"):
-            if isinstance(config[key], list):
-                config[key] = [deserialize(model) for model in config[key]]
-            else:
-                config[key] = deserialize(config[key])
-        config["distillation_losses"] = [
-            deserialize(loss) for loss in config["distillation_losses"]
-        ]
-        augmentation = config.get("augmentation")
-        if isinstance(augmentation, list):
-            config["augmentation"] = [deserialize(a) for a in augmentation]
-        elif augmentation is not None:
-            config["augmentation"] = deserialize(augmentation)
+        for key in ("teacher", "student", "distillation_losses", "augmentation"):
+            if config.get(key) is not None:
+                config[key] = _deserialize(config[key])
         return cls(**config)
 
 
@@ -592,49 +470,23 @@ def _serialize_model(model):
     return config
 
 
-def _total(values):
-    """The sum of a list of scalars (0 for none), without extra ops."""
-    return functools.reduce(ops.add, values) if values else ops.zeros((), "float32")
-
-
 def _scaled(loss):
     """A per-replica loss divided by the replica count (no op on one)."""
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     return loss if replicas == 1 else loss / replicas
 
 
-def _unscaled(loss):
-    """The inverse of `_scaled` (keras.losses.Loss values come scaled)."""
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    return loss if replicas == 1 else loss * replicas
-
-
-def _targets(y):
-    """The `(y, weight)` list of a batch: empty when it has no labels."""
-    return [] if y is None else [(y, None)]
-
-
-def _combine(sample_weight, target_weight):
-    """The product of two optional per-sample weights."""
-    if target_weight is None:
-        return sample_weight
-    if sample_weight is None:
-        return target_weight
-    return ops.cast(sample_weight, "float32") * ops.cast(target_weight, "float32")
+def _deserialize(config):
+    """An object, or a list of objects, from its serialized config."""
+    if isinstance(config, list):
+        return [keras.saving.deserialize_keras_object(c) for c in config]
+    return keras.saving.deserialize_keras_object(config)
 
 
 def _traced_value(variable):
     """A variable's current value as a float, also while a step is traced."""
     with tf.init_scope():
         return as_float(variable)
-
-
-def _input_shapes(model):
-    """Shapes (without the batch axis) of a model's inputs, else `None`."""
-    signature = taps.input_signature(model)
-    if signature is None:
-        return None
-    return [tuple(spec.shape[1:]) for spec in keras.tree.flatten(signature)]
 
 
 __all__ = ["Distiller"]

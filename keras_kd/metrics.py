@@ -352,6 +352,32 @@ def update_fidelity(metrics, targets, teacher_logits, student_logits, mask, teac
     return skipped
 
 
+def built_results(metrics):
+    """`{name: value}` of the metrics, leaving out those never built.
+
+    What `keras.Model.get_metrics_result` returns, without the compiled
+    metrics that never saw labels (a Distiller trained on unlabelled data),
+    whose `result()` would fail. A metric whose result is a dict
+    (`TermMeans`) is spread into the logs.
+
+    Args:
+        metrics: the model's `metrics`.
+
+    Returns:
+        A dict of scalars.
+    """
+    results = {}
+    for metric in metrics:
+        if not getattr(metric, "built", True):
+            continue
+        result = metric.result()
+        if isinstance(result, dict):
+            results.update(result)
+        else:
+            results[metric.name] = result
+    return results
+
+
 class TermMeans(keras.metrics.Metric):
     """Batch-size-weighted running means of several scalars, in one state.
 
@@ -392,6 +418,6 @@ class TermMeans(keras.metrics.Metric):
 
 
 __all__ = [
-    "FIDELITY_METRICS", "CalibrationError", "TeacherKL", "TermMeans", "class_ids", "get",
+    "FIDELITY_METRICS", "CalibrationError", "TeacherKL", "TermMeans", "built_results", "class_ids", "get",
     "is_fidelity_metric", "split_metrics", "teacher_agreement", "update_fidelity",
 ]

@@ -5,8 +5,7 @@ reads logits, labels or a mask, which of its numbers are schedulable, its
 connector) and computes its value from the two models' outputs. The
 functions below set the terms up for the `Distiller`: the list of losses and
 their weights, the schedulable numbers as variables, the checks that a loss
-fits the models and returns a scalar, the connectors, and the one term whose
-gradient pass can also give the hard-label loss (`fused_term`).
+fits the models and returns a scalar, and the connectors.
 
 Dependencies run one way: the Distiller imports this module; this module
 imports the leaf modules (`losses`, `taps`, `lm`) and never the Distiller.
@@ -18,7 +17,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_kd import _keras_compat, _validation, lm, taps
+from keras_kd import _validation, lm, taps
 from keras_kd._validation import check_number
 from keras_kd.losses.logits import LogitsDistillation, mixture_logits
 
@@ -143,6 +142,54 @@ class Term:
         value = self.loss.compute_loss(teacher, student, **extra)
         _validation.check_scalar(value, self.loss, self.name)
         return ops.cast(value, "float32")
+
+
+def make_terms(losses, names, logits_size=None, teacher_weights=(1.0,)):
+    """One `Term` per loss, under the given unique names."""
+    return [Term(loss, name, logits_size, teacher_weights) for loss, name in zip(losses, names)]
+
+
+def schedulable_variables(student_loss_weight, terms, weights):
+    """`{name: keras.Variable}` of every number a callback may change.
+
+    Args:
+        student_loss_weight: the Distiller's variable.
+        terms: its `Term`s.
+        weights: its distillation loss weights, one variable per term.
+
+    Returns:
+        `"student_loss_weight"`, `"<term>.weight"` for each term and
+        `"<term>.<number>"` for each schedulable number of a loss.
+    """
+    variables = {"student_loss_weight": student_loss_weight}
+    for term, weight in zip(terms, weights):
+        variables[f"{term.name}.weight"] = weight
+        for attribute in term.schedulable:
+            variables[f"{term.name}.{attribute}"] = getattr(term.loss, attribute)
+    return variables
+
+
+def logged_names(terms):
+    """The names of the scalars the Distiller logs each step through
+    `keras_kd.metrics.TermMeans`: `total_loss`, `student_loss`,
+    `distillation_loss`, each term's value when there are several, what the
+    losses ask to log (`logged_values`) and `teacher_agreement`."""
+    return (
+        ["total_loss", "student_loss", "distillation_loss"]
+        + ([term.name for term in terms] if len(terms) > 1 else [])
+        + [f"{term.name}_{attribute}" for term in terms for attribute in term.logged]
+        + ["teacher_agreement"]
+    )
+
+
+def logged_values(terms):
+    """`{"<term>_<attribute>": value}` of what the losses ask to log (e.g.
+    CTKD's learned temperature)."""
+    return {
+        f"{term.name}_{attribute}": getattr(term.loss, attribute)
+        for term in terms
+        for attribute in term.logged
+    }
 
 
 def _named_path(path):
@@ -412,99 +459,6 @@ def check_terms_are_scalars(terms, teacher_spec, student_spec):
         _validation.check_scalar(value, term.loss, term.name)
 
 
-# --------------------------------------------- hard labels and KL, one pass
-
-
-def fused_term(terms, hard_label_loss, hard_label_loss_weights, targets,
-               teacher_outputs, student_outputs, training, mask):
-    """The term whose gradient pass can also compute the hard-label loss
-    (`LogitsDistillation.compute_loss_and_cross_entropy`), or `None`.
-
-    Only in training, for token-level logits that are the student's
-    output, one label per position, the hard-label loss
-    `keras.losses.SparseCategoricalCrossentropy(from_logits=True)`
-    (without `ignore_class` or loss weights) and a forward-KL term on
-    those logits: there, the value is the same and the step spares two
-    `(batch, sequence, vocabulary)` buffers.
-
-    Args:
-        terms: the Distiller's `Term`s.
-        hard_label_loss: the loss given to `compile`.
-        hard_label_loss_weights: the `loss_weights` given to `compile`.
-        targets: the batch's `(y, weight)` pairs.
-        teacher_outputs: the teacher's `ViewOutputs`.
-        student_outputs: the student's `ViewOutputs`.
-        training: whether this is a training step.
-        mask: the mask of real tokens, or `None`.
-
-    Returns:
-        A `Term`, or `None`.
-    """
-    student = student_outputs.output
-    if not (training and mask is not None and len(targets) == 1 and targets[0][1] is None
-            and not isinstance(teacher_outputs.logits, lm.TopK)
-            and student is student_outputs.logits and len(student.shape) == 3
-            and _keras_compat.keras_mask(student) is None
-            and _is_plain_token_cross_entropy(hard_label_loss)
-            and hard_label_loss_weights is None):
-        return None
-    for term in terms:
-        if (isinstance(term.loss, LogitsDistillation) and term.loss.fuses_cross_entropy
-                and term.teacher_path is None and term.student_path is None
-                and term.expects_logits and term.logits_size is None
-                and term.connector is None):
-            return term
-    return None
-
-
-def fused_values(term, hard_label_loss, y, sample_weight, teacher_outputs, student_outputs, mask):
-    """A fused term's value and the hard-label loss, from one gradient pass.
-
-    Args:
-        term: the `Term` returned by `fused_term`.
-        hard_label_loss: the loss given to `compile`.
-        y: the batch's labels.
-        sample_weight: the batch's sample weights, or `None`.
-        teacher_outputs: the teacher's `ViewOutputs`.
-        student_outputs: the student's `ViewOutputs`.
-        mask: the mask of real tokens.
-
-    Returns:
-        `(term value, hard-label loss)`, float32 scalars; the hard-label
-        loss as `hard_label_loss(y, student logits, sample_weight)` returns
-        it (same reduction, dtype and replica scaling).
-    """
-    teacher, student = term.pair(teacher_outputs, student_outputs, training=True)
-    term.loss.validate_outputs(teacher, student)
-    value, cross_entropy = term.loss.compute_loss_and_cross_entropy(teacher, student, y, mask)
-    hard_label = _PerPositionLoss(hard_label_loss)(y, cross_entropy, sample_weight)
-    return ops.cast(value, "float32"), ops.cast(hard_label, "float32")
-
-
-def _is_plain_token_cross_entropy(loss):
-    """Whether a compiled `loss` is `SparseCategoricalCrossentropy(from_logits=True)`
-    without `ignore_class` (the one `_PerPositionLoss` can stand in for)."""
-    if not isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
-        return False
-    config = loss.get_config()
-    return config.get("from_logits") is True and config.get("ignore_class") is None
-
-
-class _PerPositionLoss(keras.losses.Loss):
-    """A compiled loss's reduction applied to values computed elsewhere.
-
-    `_PerPositionLoss(loss)(y, values, sample_weight)` equals
-    `loss(y, y_pred, sample_weight)` when `values` are `loss`'s per-position
-    values of `y_pred`: the same reduction, dtype and replica scaling.
-    """
-
-    def __init__(self, loss):
-        super().__init__(name=loss.name, reduction=loss.reduction, dtype=loss.dtype)
-
-    def call(self, y_true, y_pred):
-        return y_pred
-
-
 __all__ = [
     "Term",
     "as_loss_list",
@@ -513,11 +467,13 @@ __all__ = [
     "check_loss_fits_models",
     "check_terms_are_scalars",
     "epoch_callback",
-    "fused_term",
-    "fused_values",
     "hyperparameter",
     "layer_paths",
+    "logged_names",
+    "logged_values",
     "loss_weights",
     "make_schedulable",
+    "make_terms",
+    "schedulable_variables",
     "unique_names",
 ]
