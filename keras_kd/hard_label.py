@@ -2,8 +2,8 @@
 
 `student_loss_weight * loss(y, student(x), sample_weight)`: the loss given to
 `compile`, summed over the batch's `(y, weight)` targets (one, or several
-when an augmentation mixes samples) as a per-replica mean. Two ways it is
-computed differently, with the same value:
+when an augmentation mixes samples) as a per-replica mean. Two cases take
+another route to the same value:
 
 - for a language model whose hard-label loss is
   `SparseCategoricalCrossentropy(from_logits=True)` and whose distillation

@@ -147,6 +147,15 @@ def preprocess_text(student, x, y=None, sample_weight=None, batch_size=None):
 def preprocess_validation_text(student, validation_data, batch_size=None):
     """`fit`'s `validation_data` with raw text through the student's preprocessor.
 
+    Args:
+        student: the student model.
+        validation_data: as given to `fit`, or `None`.
+        batch_size: the batch size for array-like data (default 32).
+
+    Returns:
+        `validation_data` unchanged without text, else a `tf.data.Dataset`
+        of preprocessed batches.
+
     Raises:
         ValueError: as `text_preprocessor`.
     """

@@ -145,7 +145,17 @@ class Term:
 
 
 def make_terms(losses, names, logits_size=None, teacher_weights=(1.0,)):
-    """One `Term` per loss, under the given unique names."""
+    """One `Term` per loss, under the given unique names.
+
+    Args:
+        losses: the distillation losses (`as_loss_list`).
+        names: one unique name per loss (`unique_names`).
+        logits_size: as `Term`.
+        teacher_weights: as `Term`.
+
+    Returns:
+        A list of `Term`.
+    """
     return [Term(loss, name, logits_size, teacher_weights) for loss, name in zip(losses, names)]
 
 
@@ -257,6 +267,13 @@ def as_loss_list(distillation_losses):
 def loss_weights(weights, count):
     """One weight per distillation loss: 1.0 each by default.
 
+    Args:
+        weights: `distillation_loss_weights`, or `None`.
+        count: the number of distillation losses.
+
+    Returns:
+        A list of `count` floats.
+
     Raises:
         ValueError: if a weight is not a finite number or their number
             differs from `count`.
@@ -270,6 +287,13 @@ def loss_weights(weights, count):
 
 def as_teacher_weights(weights, count):
     """The teachers' weights in the mixture, normalized to sum to 1.
+
+    Args:
+        weights: `teacher_weights`, or `None` for equal weights.
+        count: the number of teachers.
+
+    Returns:
+        A list of `count` floats summing to 1.
 
     Raises:
         ValueError: if a weight is not a finite number >= 0, their number
@@ -286,7 +310,14 @@ def as_teacher_weights(weights, count):
 
 
 def unique_names(names):
-    """The losses' names, made unique with `_1`, `_2`, ... suffixes."""
+    """The losses' names, made unique with `_1`, `_2`, ... suffixes.
+
+    Args:
+        names: a list of names, e.g. `["features", "features"]`.
+
+    Returns:
+        The list with repeats renamed, e.g. `["features", "features_1"]`.
+    """
     unique = []
     for name in names:
         candidate, index = name, 0
@@ -298,7 +329,15 @@ def unique_names(names):
 
 
 def hyperparameter(value, name):
-    """A schedulable number: a non-trainable float32 `keras.Variable`."""
+    """A schedulable number: a non-trainable float32 `keras.Variable`.
+
+    Args:
+        value: its initial value.
+        name: the variable's name.
+
+    Returns:
+        A `keras.Variable`.
+    """
     return keras.Variable(
         float(value), dtype="float32", trainable=False, name=name
     )
@@ -310,6 +349,10 @@ def make_schedulable(losses, term_names):
     Each attribute a loss lists in `schedulable` (e.g. `temperature`) is
     replaced on the loss by a `hyperparameter` variable, so a callback's
     `.assign()` reaches the compiled step.
+
+    Args:
+        losses: the distillation losses.
+        term_names: their unique names.
 
     Returns:
         The list of variables created.
@@ -331,7 +374,14 @@ def make_schedulable(losses, term_names):
 
 def epoch_callback(terms):
     """A callback calling each loss's `set_epoch(epoch)` as an epoch of
-    `fit` begins (e.g. CTKD's curriculum), or `None` when no loss has one."""
+    `fit` begins (e.g. CTKD's curriculum).
+
+    Args:
+        terms: a list of `Term`.
+
+    Returns:
+        A `keras.callbacks.Callback`, or `None` when no loss has `set_epoch`.
+    """
     hooks = [term.set_epoch for term in terms if term.set_epoch is not None]
     return _EpochHooks(hooks) if hooks else None
 
@@ -356,6 +406,12 @@ def check_loss_fits_models(loss, teachers, student, logits_cut=False):
 
     With `vocabulary_alignment="truncate"` (`logits_cut`) the logit sizes
     may differ: logit losses are not asked to check them.
+
+    Args:
+        loss: a distillation loss.
+        teachers: the list of teacher models.
+        student: the student model.
+        logits_cut: whether logits are cut to a common size.
 
     Raises:
         ValueError: from the loss's `validate_model_compatibility`, or if a
@@ -426,6 +482,12 @@ def build_connectors(terms, teacher_spec, student_spec):
 
 def check_terms_are_scalars(terms, teacher_spec, student_spec):
     """Runs every loss once on symbolic outputs, so errors surface now.
+
+    Args:
+        terms: a list of `Term`, their connectors built.
+        teacher_spec: the teacher view's symbolic `ViewOutputs`, or `None`
+            (a subclassed model: checked when the step is traced).
+        student_spec: the student view's, or `None`.
 
     Raises:
         ValueError: if a loss fails on the models' output shapes (the
