@@ -230,8 +230,8 @@ def check_vocabularies(teachers, student, alignment=None):
             f"by padding rows at the end."
         )
     student_vocabulary = vocabulary(student)
-    for teacher in teachers:
-        teacher_vocabulary = vocabulary(teacher)
+    teacher_vocabularies = [vocabulary(teacher) for teacher in teachers]
+    for teacher, teacher_vocabulary in zip(teachers, teacher_vocabularies):
         if None not in (teacher_vocabulary, student_vocabulary) and (
             teacher_vocabulary != student_vocabulary
         ):
@@ -251,7 +251,7 @@ def check_vocabularies(teachers, student, alignment=None):
             "never called). Call the models on a batch once first."
         )
     size = min(sizes)
-    for tokens in (student_vocabulary, *(vocabulary(t) for t in teachers)):
+    for tokens in (student_vocabulary, *teacher_vocabularies):
         if tokens is not None and len(tokens) > size:
             raise ValueError(
                 f"vocabulary_alignment='truncate' cuts the logits to {size} "
