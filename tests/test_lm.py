@@ -208,6 +208,58 @@ def test_different_tokenizers_are_refused_and_padding_rows_need_truncate():
                            vocabulary_alignment="pad")
 
 
+def gpt2_vocabulary():
+    """GPT-2's byte-level vocabulary, built in memory: its printable stand-in
+    for each of the 256 bytes (as GPT-2's `bytes_to_unicode`), one merge
+    ("Ġt") and the end token: 258 tokens."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
+    others = [b for b in range(256) if b not in printable]
+    symbols = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
+    return {**{symbol: i for i, symbol in enumerate(symbols)}, "Ġt": 256, "<|endoftext|>": 257}
+
+
+def lm_with_tokenizer(name, vocabulary):
+    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=["Ġ t"])
+    preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer=tokenizer, sequence_length=LENGTH)
+    return causal_lm(16, 1, name, vocabulary=258, preprocessor=preprocessor)
+
+
+def swapped(vocabulary):
+    """'a' and 'b' trade ids; the dict keeps its key order, so `get_vocabulary()` is unchanged."""
+    return {**vocabulary, "a": vocabulary["b"], "b": vocabulary["a"]}
+
+
+def shifted(vocabulary):
+    """Every id one higher, a new token at id 0 (added last: the keys keep their order)."""
+    return {**{token: i + 1 for token, i in vocabulary.items()}, "<pad>": 0}
+
+
+def missing(vocabulary):
+    """No token has id 5 (the tokenizer's ids have a hole)."""
+    return {token: i for token, i in vocabulary.items() if i != 5}
+
+
+@pytest.mark.parametrize("student_vocabulary, message", [
+    (swapped, r"their vocabularies \(258 and 258 tokens\) first differ at token id 64, which is 'a' to "
+              r"the teacher's tokenizer and 'b' to the student's, so the same id would mean different "
+              r"tokens to the two models .* Distil between models that share one tokenizer: the same "
+              r"vocabulary, ids included, and the same merges."),
+    (shifted, r"\(258 and 259 tokens\) first differ at token id 0, which is '!' to the teacher's tokenizer "
+              r"and '<pad>' to the student's"),
+    (missing, r"\(258 and 257 tokens\) first differ at token id 5, which is '&' to the teacher's tokenizer "
+              r"and no token to the student's"),
+])
+def test_tokenizers_are_compared_id_by_id(student_vocabulary, message):
+    vocabulary = gpt2_vocabulary()
+    assert vocabulary["a"] == 64 and vocabulary["!"] == 0 and vocabulary["&"] == 5
+    teacher = lm_with_tokenizer("teacher", vocabulary)
+    keras_kd.Distiller(teacher, lm_with_tokenizer("student", dict(vocabulary)))  # the same ids: accepted
+    student = lm_with_tokenizer("student", student_vocabulary(vocabulary))
+    with pytest.raises(ValueError, match=r"The teacher 'teacher' and the student 'student' tokenize "
+                                         r"differently: .*" + message):
+        keras_kd.Distiller(teacher, student)
+
+
 def test_truncate_compares_the_shared_rows_of_the_logits():
     teacher, student = causal_lm(32, 1, "teacher", vocabulary=72, seed=1), causal_lm(16, 1, "student")
     distiller = keras_kd.Distiller(teacher, student, keras_kd.LogitsDistillation(2.0),
