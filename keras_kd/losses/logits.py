@@ -157,6 +157,15 @@ class LogitsDistillation(DistillationLoss):
     - `"categorical_crossentropy"` or a `keras.losses.CategoricalCrossentropy`:
       `T² · H(softmax(t/T), softmax(s/T))` (KL plus the teacher's entropy;
       same gradients). Options of the instance are not used.
+    - a name of `keras_kd.losses.LOSSES` whose loss is a plain divergence,
+      `"reverse_kl"`, `"jensen_shannon"`, `"generalized_jsd"` (at its
+      default `beta=0.5`) or `"logits_mse"`: that class's divergence at this
+      loss's temperature (`loss="reverse_kl"` at `T` is
+      `ReverseKL(temperature=T)`; `LogitMSE` takes no temperature).
+      `"logits_distillation"` is the default KL. The names of losses with
+      settings of their own (`"dkd"`, `"dist"`, `"mlkd"`, `"ctkd"`,
+      `"logit_standardization"`) and of feature losses are refused, with
+      how to pass them.
     - any other loss name, `keras.losses.Loss` or function `f`:
       `mean(f(t / T, s / T))` on the temperature-scaled logits, as in
       `keras.distillation` (e.g. `"mse"` is the MSE of `t/T` and `s/T`).
@@ -422,7 +431,7 @@ class ReverseKL(_OwnDivergence):
 
     ```python
     keras_kd.losses.ReverseKL(temperature=1.0)
-    # or keras_kd.LogitsDistillation(loss="reverse_kl")
+    # the same: keras_kd.LogitsDistillation(temperature=1.0, loss="reverse_kl")
     ```
 
     Reference:
@@ -451,7 +460,7 @@ class JensenShannon(_OwnDivergence):
 
     ```python
     keras_kd.losses.JensenShannon(temperature=2.0)
-    # or keras_kd.LogitsDistillation(loss="jensen_shannon")
+    # the same: keras_kd.LogitsDistillation(temperature=2.0, loss="jensen_shannon")
     ```
 
     Reference:
