@@ -90,7 +90,7 @@ def _softmax_minus_one_hot(logits, labels):
 def _forward_kl_fused(teacher_logits, student_logits, temperature, labels=None):
     """`T² · KL(softmax(t/T) ‖ softmax(s/T))` per position, computed to spare memory.
 
-    Same value; the gradient with respect to the student's logits is
+    The value of `logits.softened` with `kl_divergence`; the gradient with respect to the student's logits is
     `T (softmax(s/T) - softmax(t/T))` per position. Nothing but the two
     models' logits is kept for the backward pass; the values are computed
     a chunk of positions at a time (`_chunked_positions`), and the gradient

@@ -6,8 +6,9 @@ the logits if asked (`standardize`), soften both at the temperature
 (`log_softmax(logits / T)`), apply the divergence (`call`, one value per
 position), multiply by `T²`, then take the mean over real positions
 (`masked_mean`) and sum over the models' outputs. A subclass is its
-constructor and its `call`; the math lives in `keras_kd.losses.divergences`,
-the memory-sparing forward-KL kernel in `keras_kd.losses._fused_kl`.
+constructor and its `call` (see `_OwnDivergence`); the math lives in
+`keras_kd.losses.divergences`, the memory-sparing forward-KL kernel in
+`keras_kd.losses._fused_kl`.
 """
 
 import numbers
@@ -230,22 +231,6 @@ class LogitsDistillation(DistillationLoss):
             )
         return terms
 
-    def call(self, log_p, log_q, labels=None):
-        """The divergence of one output's softened log-probabilities.
-
-        What a subclass defines. `LogitsDistillation` itself applies its
-        `loss` instead (the forward KL by default).
-
-        Args:
-            log_p: teacher log-probabilities at the temperature, `(..., classes)`.
-            log_q: student log-probabilities, same shape.
-            labels: the batch's class ids, or `None`.
-
-        Returns:
-            Per-position float32 values, shape `(...)`.
-        """
-        return kl_divergence(log_p, log_q)
-
     def validate_outputs(self, teacher_outputs, student_outputs):
         if not isinstance(teacher_outputs, lm.TopK):  # a top-K cache: any vocabulary
             super().validate_outputs(teacher_outputs, student_outputs)
@@ -401,6 +386,12 @@ class LogitsDistillation(DistillationLoss):
 
 class _OwnDivergence(LogitsDistillation):
     """A logit loss whose divergence is its own `call`, not a `loss=` argument.
+
+    A subclass defines `call(log_p, log_q, labels=None)`: the divergence of
+    one output's log-probabilities at the temperature (`(..., classes)`
+    each; `labels` the batch's class ids or `None`), per position, as the
+    functions of `keras_kd.losses.divergences`. `per_position` softens and
+    scales it by T², `compute_loss` averages it.
 
     `loss` stays the name the class is registered under where it has always
     been set (ReverseKL, JensenShannon, LogitMSE; messages show it), else
