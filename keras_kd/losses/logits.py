@@ -12,6 +12,7 @@ constructor and its `call` (see `_OwnDivergence`); the math lives in
 """
 
 import numbers
+import warnings
 
 import keras
 import numpy as np
@@ -91,6 +92,14 @@ def softened(divergence, teacher_logits, student_logits, temperature, labels=Non
     log_p = log_softmax_at(teacher_logits, temperature)
     log_q = log_softmax_at(student_logits, temperature)
     return divergence(log_p, log_q, labels) * ops.square(ops.cast(temperature, "float32"))
+
+
+def _apply(term, teacher_logits, student_logits, temperature, labels):
+    """A term's per-position values: an `_OnLogits` on the logits, any other
+    term (a divergence) softened and scaled by T²."""
+    if isinstance(term, _OnLogits):
+        return term.fn(teacher_logits, student_logits, temperature)
+    return softened(term, teacher_logits, student_logits, temperature, labels)
 
 
 def _on_scaled_logits(per_sample):
@@ -301,9 +310,19 @@ class LogitsDistillation(DistillationLoss):
         if self.standardize:
             teacher_logits = standardize_logits(teacher_logits)
             student_logits = standardize_logits(student_logits)
-        if isinstance(term, _OnLogits):
-            return term.fn(teacher_logits, student_logits, self.temperature)
-        return softened(term, teacher_logits, student_logits, self.temperature, labels)
+        return _apply(term, teacher_logits, student_logits, self.temperature, labels)
+
+    def divergence(self, teacher_logits, student_logits, temperature, labels=None):
+        """Deprecated: the per-position loss of one output at `temperature`.
+
+        Use `per_position` (this loss's own temperature and standardization),
+        or the functions of `keras_kd.losses.divergences` with `softened`.
+        """
+        warnings.warn(
+            f"{type(self).__name__}.divergence(teacher_logits, student_logits, temperature) is "
+            f"deprecated; use keras_kd.losses.divergences (with keras_kd.losses.logits.softened) "
+            f"or {type(self).__name__}.per_position.", DeprecationWarning, stacklevel=2)
+        return _apply(self._terms, teacher_logits, student_logits, temperature, labels)
 
     @property
     def fuses_cross_entropy(self):
@@ -795,6 +814,14 @@ class MLKD(DistillationLoss):
             lambda _, t, s: divergences.mlkd(t, s, self.temperatures),
             self, teacher_outputs, student_outputs,
         )
+
+    def divergence(self, teacher_logits, student_logits):
+        """Deprecated: `keras_kd.losses.divergences.mlkd(t, s, self.temperatures)`."""
+        warnings.warn(
+            "MLKD.divergence(teacher_logits, student_logits) is deprecated; use "
+            "keras_kd.losses.divergences.mlkd(teacher_logits, student_logits, temperatures).",
+            DeprecationWarning, stacklevel=2)
+        return divergences.mlkd(teacher_logits, student_logits, self.temperatures)
 
     def get_config(self):
         return {**super().get_config(), "temperatures": list(self.temperatures)}

@@ -219,3 +219,21 @@ def test_dkd_function_times_t_squared_is_the_dkd_class():
     assert tuple(per_sample.shape) == (6,)
     assert float(np.mean(per_sample) * 16.0) == pytest.approx(
         loss_value(losses.DKD(), TEACHER, STUDENT, labels=array(LABELS)), rel=1e-6)
+
+
+@pytest.mark.parametrize("loss", [keras_kd.LogitsDistillation(), losses.ReverseKL(), losses.DKD(), losses.LogitMSE()],
+                         ids=["LogitsDistillation", "ReverseKL", "DKD", "LogitMSE"])
+def test_the_old_divergence_method_still_works_with_a_deprecation_warning(loss):
+    name = type(loss).__name__
+    with pytest.warns(DeprecationWarning, match=rf"{name}.divergence\(teacher_logits, student_logits, "
+                                                rf"temperature\) is deprecated; use keras_kd.losses.divergences"):
+        old = loss.divergence(array(TEACHER), array(STUDENT), 2.5, array(LABELS))
+    at_that_temperature = type(loss)() if name == "LogitMSE" else type(loss)(temperature=2.5)
+    assert float(np.mean(old)) == pytest.approx(
+        loss_value(at_that_temperature, TEACHER, STUDENT, labels=array(LABELS)), rel=1e-6)
+
+
+def test_the_old_mlkd_divergence_method_still_works_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match=r"MLKD.divergence\(teacher_logits, student_logits\) is deprecated"):
+        old = losses.MLKD().divergence(array(TEACHER), array(STUDENT))
+    assert float(old) == loss_value(losses.MLKD(), TEACHER, STUDENT)
