@@ -595,6 +595,21 @@ class FeatureDistillation(DistillationLoss):
         return cls(**config)
 
 
+
+def __getattr__(name):
+    """`FEATURE_LOSSES` moved to `keras_kd.losses` (a view of the one table)."""
+    if name == "FEATURE_LOSSES":
+        import warnings
+
+        from keras_kd import losses
+
+        warnings.warn(
+            "keras_kd.losses.features.FEATURE_LOSSES is deprecated; use "
+            "keras_kd.losses.FEATURE_LOSSES (name -> class, read from keras_kd.losses.LOSSES).",
+            DeprecationWarning, stacklevel=2)
+        return losses.FEATURE_LOSSES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "PKT",
     "AttentionTransfer",

@@ -880,6 +880,21 @@ def _output_shapes(model):
     return [tuple(o.shape) for o in outputs]
 
 
+
+def __getattr__(name):
+    """`LOGIT_LOSSES` moved to `keras_kd.losses` (a view of the one table)."""
+    if name == "LOGIT_LOSSES":
+        import warnings
+
+        from keras_kd import losses
+
+        warnings.warn(
+            "keras_kd.losses.logits.LOGIT_LOSSES is deprecated; use "
+            "keras_kd.losses.LOGIT_LOSSES (name -> class, read from keras_kd.losses.LOSSES).",
+            DeprecationWarning, stacklevel=2)
+        return losses.LOGIT_LOSSES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "DIST",
     "DKD",

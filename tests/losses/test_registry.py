@@ -237,3 +237,15 @@ def test_the_old_mlkd_divergence_method_still_works_with_a_deprecation_warning()
     with pytest.warns(DeprecationWarning, match=r"MLKD.divergence\(teacher_logits, student_logits\) is deprecated"):
         old = losses.MLKD().divergence(array(TEACHER), array(STUDENT))
     assert float(old) == loss_value(losses.MLKD(), TEACHER, STUDENT)
+
+
+@pytest.mark.parametrize("module, name", [("logits", "LOGIT_LOSSES"), ("features", "FEATURE_LOSSES")])
+def test_the_old_module_tables_are_views_of_the_one_table_with_a_deprecation_warning(module, name):
+    import importlib
+
+    old_module = importlib.import_module(f"keras_kd.losses.{module}")
+    with pytest.warns(DeprecationWarning, match=rf"keras_kd.losses.{module}.{name} is deprecated; use "
+                                                rf"keras_kd.losses.{name}"):
+        table = getattr(old_module, name)
+    assert table is getattr(losses, name)
+    assert all(losses.LOSSES[key] is cls for key, cls in table.items())
