@@ -635,12 +635,19 @@ def _size(path):
     return os.path.getsize(path)
 
 
-def save_for_inference(model, path):
+def save_for_inference(model, path, force=False):
     """Saves a model's architecture and weights only, without the optimizer
-    state a compiled model would carry (`clone_model` keeps it compiled)."""
+    state a compiled model would carry (`clone_model` keeps it compiled).
+
+    Args:
+        model: the model.
+        path: the `.keras` file, written atomically.
+        force: replace an existing file (else `ValueError`).
+    """
     copy = type(model).from_config(model.get_config())
     copy.set_weights(model.get_weights())
-    copy.save(path)
+    with atomic_path(path, force) as partial:
+        copy.save(partial)
 
 
 def _keras_size(model):

@@ -184,6 +184,11 @@ BAD_INPUTS = [
     ("resume-without-backup", ["--resume"], "holds no interrupted run (no 'backup' folder)"),
     ("resume-other-settings", ["--output", "{files}/interrupted", "--resume"],
      "--resume: the interrupted run had other settings (--learning-rate 0.5 then, 0.001 now). Pass the same"),
+    ("resume-teacher-replaced", ["--output", "{files}/interrupted_other_teacher", "--resume"],
+     "--resume: the --teacher file changed since the run was interrupted (same path, other content: SHA-256 "
+     "000000000000 then"),
+    ("resume-record-without-digests", ["--output", "{files}/interrupted_old_record", "--resume"],
+     "holds no digests of its teacher, student and data, so resuming could mix two runs. Pass --force"),
     ("logdir-is-a-file", ["--logdir", "{files}/a_file"], "Log folder path '{files}/a_file' is a file"),
     ("config-unknown-class", ["--config", "{files}/unknown_class.json"],
      "distillation_losses[0] names class 'FancyLoss', which is not a keras_kd distillation loss. Use one of: "),
@@ -225,6 +230,13 @@ BAD_INPUTS = [
      "--int8-io applies to --quantization int8"),
     ("export-student-missing", ["export", "{files}/missing.keras", "{files}/s.tflite"],
      "Student file '{files}/missing.keras' does not exist"),
+    ("demo-output-is-a-file", ["demo", "--quick", "--output", "{files}/a_file"],
+     "Demo output folder path '{files}/a_file' is a file, but a folder is written there. Pass a folder path"),
+    ("demo-output-has-a-demo", ["demo", "--quick", "--output", "{files}/demo"],
+     "Demo output folder '{files}/demo' already holds teacher.keras, report.html, which are not replaced "
+     "silently. Pass another folder, or force the overwrite (--force"),
+    ("demo-lm-output-has-a-demo", ["demo", "lm", "--quick", "--output", "{files}/demo"],
+     "Demo output folder '{files}/demo' already holds teacher.keras, which are not replaced silently"),
     ("plan-without-student", ["plan", "--teacher", "{teacher}"], "the following arguments are required: --student"),
     ("plan-teacher-missing", ["plan", "--teacher", "{files}/missing.keras", "--student", "{student}"],
      "Teacher file '{files}/missing.keras' does not exist"),
@@ -237,6 +249,7 @@ BAD_INPUTS = [
      "Teacher 'teacher' and student 'coarse' have no stage of the same resolution: teacher [40, 20, 10], "
      "student [8]. Give both models the same input size"),
 ]
+COMMANDS = ("export", "plan", "demo")  # the other cases are distill's
 DISTILL = ["distill", "--teacher", "{teacher}", "--student", "{student}", "--data", "{files}/tiny.npz",
            "--epochs", "1", "--batch-size", "32"]
 
@@ -289,12 +302,20 @@ def bad_input_results(models, tmp_path_factory):
               "student": str(models / "student.keras")}
     cases = {}
     for name, arguments, _ in BAD_INPUTS:
-        if arguments[0] not in ("export", "plan"):
+        if arguments[0] not in COMMANDS:
             arguments = [*DISTILL, "--output", str(files / f"out_{name}"), *arguments]
         cases[name] = [a.format(**values) for a in arguments]
     # The interrupted run differs from the resuming one in its learning rate only.
     record = cli.settings(cli.build_parser().parse_args(cases["resume-other-settings"]))
     (files / "interrupted" / "backup" / "run.json").write_text(json.dumps({**record, "learning_rate": 0.5}))
+    # Same settings; the teacher's digest differs, or the record has none.
+    for name, case, teacher in (("other_teacher", "resume-teacher-replaced", "0" * 64),
+                                ("old_record", "resume-record-without-digests", None)):
+        args = cli.build_parser().parse_args(cases[case])
+        contents = cli.run_contents(args, [a for pair in cli.load_data_spec(args.data) for a in pair])
+        record = {**cli.settings(args), **({"contents": {**contents, "teacher": teacher}} if teacher else {})}
+        (files / f"interrupted_{name}" / "backup").mkdir(parents=True)
+        (files / f"interrupted_{name}" / "backup" / "run.json").write_text(json.dumps(record))
     (files / "cases.json").write_text(json.dumps(cases))
     process = subprocess.run([sys.executable, "-c", DRIVER, str(files / "cases.json"), str(files / "results.json")],
                              capture_output=True, text=True, env=ENV)
@@ -322,6 +343,9 @@ def make_bad_files(files, models):
     (files / "finished").mkdir()
     (files / "finished" / "student.keras").write_bytes(b"a previous run's student")
     (files / "interrupted" / "backup").mkdir(parents=True)
+    (files / "demo").mkdir()
+    (files / "demo" / "teacher.keras").write_bytes(b"a 300-epoch teacher")
+    (files / "demo" / "report.html").write_text("<p>the user's report</p>")
     (files / "unknown_class.json").write_text(json.dumps({"distillation_losses": [{"class_name": "FancyLoss"}]}))
     (files / "list.json").write_text(json.dumps([{"class_name": "LogitsDistillation"}]))
     (files / "noproj.json").write_text(next(c for c in CONFIGS if "hints" in c.stem).read_text().replace(
@@ -339,7 +363,7 @@ def test_bad_input_gets_one_line_and_exit_code_2(bad_input_results, name, argume
     lines = result["stderr"].splitlines()
     assert result["code"] == 2, result["stderr"][-2000:]
     assert len(lines) == 1 and "Traceback" not in result["stderr"], result["stderr"][-2000:]
-    command = arguments[0] if arguments[0] in ("export", "plan") else "distill"
+    command = arguments[0] if arguments[0] in COMMANDS else "distill"
     assert lines[0].startswith(f"keras-kd {command}: error: ")
     assert message.format(files=files) in lines[0]
     assert "allow_pickle" not in lines[0]  # never advise unsafe loading
@@ -352,6 +376,8 @@ def test_bad_input_gets_one_line_and_exit_code_2(bad_input_results, name, argume
         assert "Epoch" not in result["stdout"]  # refused before training
     assert (files / "finished" / "student.keras").read_bytes() == b"a previous run's student"
     assert (files / "a_file.tflite").read_bytes() == b"a previous export"
+    assert sorted(p.name for p in (files / "demo").iterdir()) == ["report.html", "teacher.keras"]
+    assert (files / "demo" / "teacher.keras").read_bytes() == b"a 300-epoch teacher"
 
 
 def test_traceback_flag_shows_the_full_error(models, tmp_path):
