@@ -4,9 +4,11 @@ import configparser
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
+import types
 
 import keras
 import numpy as np
@@ -201,6 +203,15 @@ BAD_INPUTS = [
     ("feature-malformed", ["--feature", "conv2"], "--feature 'conv2' is not TEACHER_LAYER:STUDENT_LAYER[:LOSS]"),
     ("feature-unknown-loss", ["--feature", "conv2:conv1:fancy"], "Unknown feature loss 'fancy'"),
     ("feature-unknown-layer", ["--feature", "conv9:conv1"], "'conv9' is not a layer of teacher"),
+    ("teacher-is-a-distiller", ["--teacher", "{files}/distiller.keras"],
+     "Teacher file '{files}/distiller.keras' holds a saved Distiller, not a trained model: a Distiller carries "
+     "its own teacher and outputs its student's predictions. Pass the student it trained"),
+    ("plan-teacher-is-a-distiller", ["plan", "--teacher", "{files}/distiller.keras", "--student", "{student}"],
+     "holds a saved Distiller, not a trained model"),
+    ("temperature-1e9", ["--temperature", "1e9"],
+     "`temperature` is 1e+09, above 1000: softened that much, the teacher's distribution is uniform to float32 "
+     "precision and the distillation loss is rounding noise (exactly 0 at 1e9), so the student would learn "
+     "nothing from the teacher. Pass a temperature <= 1000"),
     ("teacher-missing", ["--teacher", "{files}/missing.keras"], "Teacher file '{files}/missing.keras' does not exist"),
     ("teacher-not-a-model", ["--teacher", "{files}/a_file"], "Teacher file '{files}/a_file' is not a Keras model"),
     ("class-count-mismatch", ["--student", "{files}/student5.keras"],
@@ -350,6 +361,8 @@ def make_bad_files(files, models):
     (files / "list.json").write_text(json.dumps([{"class_name": "LogitsDistillation"}]))
     (files / "noproj.json").write_text(next(c for c in CONFIGS if "hints" in c.stem).read_text().replace(
         '"projection": "auto"', '"projection": null'))
+    keras_kd.Distiller(keras.models.load_model(models / "teacher.keras"),
+                       keras.models.load_model(models / "student.keras")).save(files / "distiller.keras")
     inputs = keras.Input((40, 1))
     keras.Model(inputs, keras.layers.Dense(5)(keras.layers.Flatten()(inputs))).save(files / "student5.keras")
     coarse = keras.layers.Flatten()(keras.layers.Conv1D(4, 5, strides=5)(inputs))  # length 8 only
@@ -437,6 +450,67 @@ def test_a_failed_save_keeps_the_previous_student_and_the_run(models, tmp_path, 
     assert "Epoch" not in capsys.readouterr().out
     assert (output / "student.keras").read_bytes() != previous
     assert sorted(p.name for p in output.iterdir()) == ["student.keras"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_backup_keeps_the_last_epoch_and_says_so(models, tmp_path, monkeypatch, capsys):
+    output = tmp_path / "out"
+    writes = []
+
+    def full_after_two_epochs(folder):  # shutil.disk_usage, as the backup's free-space check reads it
+        writes.append(folder)
+        return types.SimpleNamespace(free=0 if len(writes) > 2 else 10**12)
+
+    monkeypatch.setattr(shutil, "disk_usage", full_after_two_epochs)
+    assert distill(models, tmp_path, "--epochs", "3") == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == (f"keras-kd distill: error: Cannot write the backup of epoch 3 in '{output / 'backup'}' "
+                    f"(no space left on device: 1.1 MiB needed, 0.0 MiB free): the backup of epoch 2 is kept in "
+                    f"'{output / 'backup'}'; nothing else was written. Free space and resume (keras-kd: --resume).")
+    assert sorted(p.name for p in (output / "backup").iterdir()) == [
+        "epoch-2.weights.h5", "run.json", "training_metadata.json"]
+    # A write killed mid-way (a crash in h5py) leaves its temporary file: recognised and removed.
+    (output / "backup" / ".epoch-3.partial-0badf00d.weights.h5").write_bytes(b"half an HDF5 file")
+    monkeypatch.undo()
+    assert distill(models, tmp_path, "--epochs", "3", "--resume") == 0
+    out = capsys.readouterr().out
+    assert "Epoch 3/3" in out and "Epoch 2/3" not in out
+    assert sorted(p.name for p in output.iterdir()) == ["student.keras"]
+
+
+def test_a_failed_backup_write_leaves_the_previous_backup_whole(models, tmp_path, monkeypatch):
+    student = keras.models.load_model(models / "student.keras")
+    student.compile("adam", "mse")
+    student.optimizer.build(student.trainable_variables)
+    backup = keras_kd.callbacks.EpochBackup(tmp_path / "backup")
+    backup.set_model(student)
+    backup.save(1)
+    saved = (tmp_path / "backup" / "epoch-1.weights.h5").read_bytes()
+
+    def save_half_then_fail(self, path, *args, **kwargs):
+        with open(path, "wb") as file:
+            file.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "save_weights", save_half_then_fail)
+    with pytest.raises(OSError, match=r"^Cannot write the backup of epoch 2 in .*\(No space left on device\): "
+                                      r"the backup of epoch 1 is kept in"):
+        backup.save(2)
+    assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == ["epoch-1.weights.h5",
+                                                                       "training_metadata.json"]
+    assert (tmp_path / "backup" / "epoch-1.weights.h5").read_bytes() == saved
+    monkeypatch.undo()
+    assert backup.restore(student) == 1
+
+
+def test_demo_replaces_its_files_only_with_force(tmp_path, monkeypatch):
+    (tmp_path / "student.keras").write_bytes(b"the user's student")
+    with pytest.raises(ValueError, match="already holds student.keras, which are not replaced silently"):
+        demo.run(output=str(tmp_path), quick=True)
+    assert (tmp_path / "student.keras").read_bytes() == b"the user's student"
+    monkeypatch.setattr(demo.datasets, "mnist1d", lambda: (_ for _ in ()).throw(RuntimeError("training started")))
+    with pytest.raises(RuntimeError, match="training started"):  # with --force the check lets it through
+        cli.main(["--traceback", "demo", "--quick", "--output", str(tmp_path), "--force"])
 
 
 def test_export_replaces_an_existing_file_only_with_force(models, tmp_path, capsys):
