@@ -187,6 +187,7 @@ class Distiller(keras.Model):
         )
         self.fidelity_metrics = []  # keras_kd.metrics given to compile()
         self._check_terms_are_scalars(teacher_spec, student_spec)
+        self._weightless_batches = lm.WeightlessBatchWarning()  # counted in train_step; a callback of fit
         # Sub-models are built: marking the Distiller built lets `.keras`
         # loading restore the optimizer state and BackupAndRestore run.
         self.built = True
@@ -273,15 +274,18 @@ class Distiller(keras.Model):
         """
         x, y, sample_weight, batch_size = self._preprocess_text(x, y, sample_weight, batch_size)
         self._check_top_k_temperatures(x)
+        lm.check_data_fits_models(x, self.teachers, self.student)
         epoch_hooks = [term.set_epoch for term in self._terms if term.set_epoch is not None]
         if epoch_hooks:  # e.g. CTKD's reversal curriculum, by epoch
             kwargs["callbacks"] = [_EpochHooks(epoch_hooks), *(kwargs.get("callbacks") or [])]
+        kwargs["callbacks"] = self._weightless_batches.added_to(kwargs.get("callbacks"))
         if validation_data is not None and self._text_preprocessor(validation_data):
             validation_data = lm.preprocessed(
                 self.student.preprocessor,
                 *keras.utils.unpack_x_y_sample_weight(validation_data),
                 batch_size=batch_size,
             )
+        lm.check_data_fits_models(validation_data, self.teachers, self.student)
         return super().fit(x, y, batch_size=batch_size, sample_weight=sample_weight,
                            validation_data=validation_data, **kwargs)
 
@@ -289,6 +293,7 @@ class Distiller(keras.Model):
         """`keras.Model.evaluate`; raw text goes through the student's preprocessor."""
         x, y, sample_weight, batch_size = self._preprocess_text(x, y, sample_weight, batch_size)
         self._check_top_k_temperatures(x)
+        lm.check_data_fits_models(x, self.teachers, self.student)
         return super().evaluate(x, y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
 
     def _check_top_k_temperatures(self, data):
@@ -428,6 +433,7 @@ class Distiller(keras.Model):
             x, targets = self._augment(x, targets)
         teacher_outputs = self._teacher_outputs(x, cached)
         mask = lm.token_mask(x, sample_weight, teacher_outputs.logits)
+        self._weightless_batches.count(mask)
         with global_token_count(mask):  # one all-reduce of the token count per step
             with tf.GradientTape() as tape:
                 student_outputs = self._student_view(x, training=True)
