@@ -119,6 +119,7 @@ class Distiller(keras.Model):
         teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
         for model in teachers:
             _validation.check_model(model, "teacher")
+            _validation.check_built(model, "teacher", "it would teach the random outputs of its first call")
         _validation.check_model(student, "student")
         _validation.check_separate_models(teachers, student)
         for model in teachers:
@@ -275,6 +276,9 @@ class Distiller(keras.Model):
         x, y, sample_weight, batch_size = self._preprocess_text(x, y, sample_weight, batch_size)
         self._check_top_k_temperatures(x)
         lm.check_data_fits_models(x, self.teachers, self.student)
+        _validation.check_dense_inputs(x, self.student)
+        cache.check_top_k_schedules(x, kwargs.get("callbacks"))
+        _validation.check_labels(x, y, self.loss, self.student)
         epoch_hooks = [term.set_epoch for term in self._terms if term.set_epoch is not None]
         if epoch_hooks:  # e.g. CTKD's reversal curriculum, by epoch
             kwargs["callbacks"] = [_EpochHooks(epoch_hooks), *(kwargs.get("callbacks") or [])]
@@ -286,6 +290,7 @@ class Distiller(keras.Model):
                 batch_size=batch_size,
             )
         lm.check_data_fits_models(validation_data, self.teachers, self.student)
+        _validation.check_validation_labels(x, y, validation_data)
         return super().fit(x, y, batch_size=batch_size, sample_weight=sample_weight,
                            validation_data=validation_data, **kwargs)
 
@@ -294,6 +299,7 @@ class Distiller(keras.Model):
         x, y, sample_weight, batch_size = self._preprocess_text(x, y, sample_weight, batch_size)
         self._check_top_k_temperatures(x)
         lm.check_data_fits_models(x, self.teachers, self.student)
+        _validation.check_dense_inputs(x, self.student)
         return super().evaluate(x, y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
 
     def _check_top_k_temperatures(self, data):

@@ -45,17 +45,59 @@ def token_mask(x, sample_weight, output):
 
 
 def holds_text(data):
-    """Whether `data` (arrays, lists, tensors or a `tf.data.Dataset`) holds strings."""
+    """Whether `data` (arrays, lists, tensors, or a `tf.data.Dataset`'s
+    inputs) holds strings."""
     if isinstance(data, tf.data.Dataset):
-        return any(spec.dtype == tf.string for spec in keras.tree.flatten(data.element_spec))
+        # The inputs only: string labels are the labels' problem (check_labels).
+        spec = data.element_spec
+        inputs = spec[0] if isinstance(spec, tuple) and spec else spec
+        return any(spec.dtype == tf.string for spec in keras.tree.flatten(inputs))
     if isinstance(data, (str, bytes)):
         return True
     if isinstance(data, tf.Tensor):
         return data.dtype == tf.string
-    if isinstance(data, (list, tuple, np.ndarray)) and len(data):
-        first = np.asarray(data).reshape(-1)[0] if not isinstance(data, tuple) else data[0]
-        return isinstance(first, (str, bytes, np.str_, np.bytes_))
+    if isinstance(data, np.ndarray) and data.dtype != object:
+        return data.dtype.kind in "US"
+    if isinstance(data, tuple) and data:
+        return isinstance(data[0], _TEXT)
+    if isinstance(data, (list, np.ndarray)) and len(data):
+        # Any item: a list with a None or a number among its texts is text
+        # with bad items (check_text_items names them), not numbers.
+        return any(isinstance(item, _TEXT) for item in _items(data))
     return False
+
+
+_TEXT = (str, bytes, np.str_, np.bytes_)
+
+
+def _items(data):
+    try:
+        return np.asarray(data, dtype=object).reshape(-1)
+    except ValueError:  # rows of different lengths
+        return np.asarray(keras.tree.flatten(data), dtype=object)
+
+
+def check_text_items(texts):
+    """Raises if a list or array of texts holds something else than strings.
+
+    Args:
+        texts: a list or array of strings (a `tf.data.Dataset` or a tensor
+            is not checked: its dtype already says).
+
+    Raises:
+        ValueError: naming the first other item, its index and its type
+            (TensorFlow's own message, "mixed types", names neither).
+    """
+    if isinstance(texts, (tf.data.Dataset, tf.Tensor)):
+        return
+    items = _items(texts)
+    bad = next((i for i, item in enumerate(items) if not isinstance(item, _TEXT)), None)
+    if bad is not None:
+        raise ValueError(
+            f"The texts hold {type(items[bad]).__name__} {items[bad]!r:.40} at index {bad} (of "
+            f"{len(items)}), but every item must be a string: the student's preprocessor "
+            f"tokenizes text. Remove that item or convert it, e.g. str(item)."
+        )
 
 
 def preprocessed(preprocessor, x, y=None, sample_weight=None, batch_size=None):
@@ -73,6 +115,9 @@ def preprocessed(preprocessor, x, y=None, sample_weight=None, batch_size=None):
         A batched `tf.data.Dataset` of the preprocessor's outputs, e.g.
         `(x, y, sample_weight)` for a causal LM.
 
+    Raises:
+        ValueError: if array-like `x` holds an item that is not a string.
+
     Example:
 
     ```python
@@ -82,6 +127,7 @@ def preprocessed(preprocessor, x, y=None, sample_weight=None, batch_size=None):
     if isinstance(x, tf.data.Dataset):
         dataset = x
     else:
+        check_text_items(x)
         inputs = keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
         dataset = tf.data.Dataset.from_tensor_slices(inputs).batch(batch_size or 32)
     return dataset.map(

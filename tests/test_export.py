@@ -111,6 +111,15 @@ def test_a_distiller_exports_its_student_only(tmp_path):
          r"quantization='int8' calibrates .* but representative_data is None"),
         ({"path": "s.keras", "quantization": "float16"}, ValueError,
          r"quantization='float16' applies to .tflite files, but the path is a keras export"),
+        ({"path": "s.tfite"}, ValueError,
+         r"Export path '.*s.tfite' ends in '.tfite', which is not an export format. Use .tflite \(LiteRT\), "
+         r".keras, or a folder name without a suffix for a SavedModel."),
+        ({"path": "s.h5", "representative_data": np.zeros((4, 5), "float32"), "quantization": "int8"}, ValueError,
+         r"ends in '.h5', which is not an export format"),
+        ({"representative_data": np.zeros((4, 5), "float32"), "quantization": "int8"}, ValueError,
+         r"^representative_data has inputs of shape \(5,\) per sample, but the student 'sequential.*' takes "
+         r"\(8,\)\. Pass samples shaped like its input \(e.g. the training inputs\); this is the data, not the "
+         r"converter."),
     ],
 )
 def test_bad_requests_are_refused(tmp_path, kwargs, error, message):

@@ -481,6 +481,12 @@ def test_a_top_k_cache_refuses_other_losses_and_temperatures():
                        match=r"A top-K teacher cache holds log-probabilities at temperature 1; set the "
                              r"LogitsDistillation temperature to 1.0"):
         distiller.test_on_batch(*next(iter(cached)))
+    distiller = distiller_for(keras_kd.LogitsDistillation(1.0))
+    scheduler = keras_kd.callbacks.DistillationScheduler({"temperature": lambda epoch: 1.0 + epoch})
+    with pytest.raises(ValueError, match=r"^The data is a top-K teacher cache, which holds log-probabilities at "
+                                         r"temperature 1, but DistillationScheduler schedules 'temperature'\. Remove "
+                                         r"that schedule \(keep the temperature at 1\.0\), or cache full logits"):
+        distiller.fit(cached, epochs=2, verbose=0, callbacks=[scheduler])
     small = keras_kd.Distiller(causal_lm(32, 1, "small_teacher", vocabulary=40),
                                causal_lm(16, 1, "small_student", vocabulary=40), keras_kd.LogitsDistillation(1.0),
                                student_loss_weight=0.0)
