@@ -239,6 +239,12 @@ BAD_INPUTS = [
      "--quantization int8 calibrates activation ranges on sample inputs: pass --representative-data SPEC"),
     ("export-int8-io-without-int8", ["export", "{student}", "{files}/s.tflite", "--int8-io"],
      "--int8-io applies to --quantization int8"),
+    ("export-representative-wrong-shape", ["export", "{student}", "{files}/s.tflite", "--quantization", "int8",
+                                           "--representative-data", "digits"],
+     "representative_data has inputs of shape (8, 8, 1) per sample, but the student 'student' takes (40, 1). "
+     "Pass samples shaped like its input"),
+    ("export-unknown-suffix", ["export", "{student}", "{files}/s.tfite"],
+     "Export path '{files}/s.tfite' ends in '.tfite', which is not an export format. Use .tflite (LiteRT), .keras"),
     ("export-student-missing", ["export", "{files}/missing.keras", "{files}/s.tflite"],
      "Student file '{files}/missing.keras' does not exist"),
     ("demo-output-is-a-file", ["demo", "--quick", "--output", "{files}/a_file"],
