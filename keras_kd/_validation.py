@@ -7,6 +7,7 @@ no Distiller (it is a leaf of the package).
 
 import math
 import numbers
+import warnings
 
 import keras
 
@@ -256,21 +257,29 @@ def check_model(model, argument):
         )
 
 
-def check_built(model, argument, why):
-    """Raises if `model` is not built: it has no weights yet, so it was never
-    trained (or loaded), and its first call would give it random ones.
+def check_built(model, argument, why, refuse=True):
+    """Refuses (or warns about) a model that is not built: it has no weights
+    yet, so it was never trained or loaded, and its first call would give it
+    random ones.
 
     Args:
         model: a `keras.Model`.
         argument: its name in the call, e.g. `"teacher"`.
         why: what would go wrong, for the message.
+        refuse: raise; else warn (`keras.distillation` accepts an unbuilt
+            teacher, and programs written for it must run unchanged).
+
+    Raises:
+        ValueError: if `model` is not built and `refuse` is true.
     """
-    if not model.built:
-        raise ValueError(
-            f"The {argument} '{model.name}' is not built: it has no weights yet, so it was never "
-            f"trained or loaded, and {why}. Pass the trained model (one that has been fit, "
-            f"loaded, or called on a batch)."
-        )
+    if model.built:
+        return
+    message = (f"The {argument} '{model.name}' is not built: it has no weights yet, so it was never "
+               f"trained or loaded, and {why}. Pass the trained model (one that has been fit, "
+               f"loaded, or called on a batch).")
+    if refuse:
+        raise ValueError(message)
+    warnings.warn(message, stacklevel=3)
 
 
 def is_distiller(model):

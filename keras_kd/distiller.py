@@ -119,7 +119,7 @@ class Distiller(keras.Model):
         teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
         for model in teachers:
             _validation.check_model(model, "teacher")
-            _validation.check_built(model, "teacher", "it would teach the random outputs of its first call")
+            _validation.check_built(model, "teacher", "it would teach the random outputs of its first call", False)
         _validation.check_model(student, "student")
         _validation.check_separate_models(teachers, student)
         for model in teachers:

@@ -447,7 +447,10 @@ def test_a_failed_save_keeps_the_previous_student_and_the_run(models, tmp_path, 
 
     monkeypatch.setattr(keras.Model, "save", save_then_fail)
     assert distill(models, tmp_path, "--force") == 2
-    assert "No space left on device" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"keras-kd distill: error: Cannot write '{output / 'student.keras'}' (No space left on device): the previous "
+        f"student.keras is unchanged; the trained epochs are kept in '{output / 'backup'}'. Free space and rerun "
+        f"with --resume --force to write the student.")
     assert (output / "student.keras").read_bytes() == previous  # not truncated
     assert sorted(p.name for p in output.iterdir()) == ["backup", "student.keras"]  # no partial file
 

@@ -129,6 +129,14 @@ def test_bad_requests_are_refused(tmp_path, kwargs, error, message):
         export.export_student(student, path, **kwargs)
 
 
+def test_an_unbuilt_student_is_refused_before_the_converter(tmp_path):
+    unbuilt = keras.Sequential([keras.layers.Dense(3)], name="fresh")
+    with pytest.raises(ValueError, match=r"^The student 'fresh' is not built: it has no weights yet, so it was never "
+                                         r"trained or loaded, and there is nothing trained to export"):
+        export.export_student(unbuilt, str(tmp_path / "s.tflite"))
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_student_the_converter_cannot_lower_gets_the_cause_and_a_fix(tmp_path):
     inputs = keras.Input((8,))
     outputs = keras.layers.Lambda(lambda t: tf.strings.to_number(tf.strings.as_string(t)))(inputs)

@@ -519,8 +519,14 @@ def run_distill(args):
         _remove(outputs["backup"])  # its last epoch is the non-finite one
         raise
 
-    with atomic_path(outputs["student"], args.force) as partial:
-        student.save(partial)
+    try:
+        with atomic_path(outputs["student"], args.force) as partial:
+            student.save(partial)
+    except OSError as error:
+        kept = "the previous student.keras is unchanged; " if os.path.exists(outputs["student"]) else ""
+        raise WriteFailed(error.errno, f"Cannot write '{outputs['student']}' ({error.strerror or error}): "
+                                       f"{kept}the trained epochs are kept in '{outputs['backup']}'. Free space "
+                                       f"and rerun with --resume --force to write the student.") from error
     print(f"Wrote {outputs['student']}")
     _remove(outputs["backup"])  # the run is saved
     if args.export_tflite:
