@@ -7,6 +7,7 @@ the previous file or the new one, never a truncated mix.
 """
 
 import contextlib
+import errno
 import os
 import shutil
 import uuid
@@ -58,13 +59,42 @@ def check_destination(path, force=False, what="Output", kind="file"):
         )
 
 
+def check_output_folder(folder, names, force=False, what="Output folder"):
+    """Checks a folder and every file a run will write in it, before the run.
+
+    An existing folder is fine; a file of `names` already in it is replaced
+    only with `force`, so a run never overwrites work it did not write.
+
+    Args:
+        folder: the output folder (created later if missing).
+        names: the file names the run writes in `folder`.
+        force: whether existing files of `names` may be replaced.
+        what: what the folder is, for messages.
+
+    Raises:
+        ValueError: if `folder` is a file, cannot be written, or holds one of
+            `names` while `force` is false (all such files are named).
+    """
+    check_destination(folder, True, what, "folder")
+    if os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} '{folder}' cannot be written: no write permission. "
+                         f"Pass a folder you can write to.")
+    existing = [name for name in names if os.path.exists(os.path.join(folder, name))]
+    if existing and not force:
+        raise ValueError(
+            f"{what} '{folder}' already holds {', '.join(existing)}, which are not replaced "
+            f"silently. Pass another folder, or force the overwrite (--force, force=True)."
+        )
+
+
 @contextlib.contextmanager
 def atomic_path(path, force=False):
     """Yields a temporary path beside `path`; moves it onto `path` on success.
 
-    The temporary name keeps `path`'s suffix (Keras checks `.keras`). If the
-    block raises, the temporary file or folder is removed and `path` is left
-    as it was.
+    The temporary name keeps `path`'s suffix (Keras checks `.keras` and
+    `.weights.h5`) and holds `PARTIAL`, so a write killed before its rename
+    is recognized later (`remove_partial_writes`). If the block raises, the
+    temporary file or folder is removed and `path` is left as it was.
 
     Args:
         path: the destination file or folder.
@@ -88,9 +118,9 @@ def atomic_path(path, force=False):
         check_destination(path, force)
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
-    stem, suffix = os.path.splitext(name)
+    stem, suffix = _split_suffixes(name)
     token = uuid.uuid4().hex[:8]
-    partial = os.path.join(folder, f".{stem}.partial-{token}{suffix}")
+    partial = os.path.join(folder, f".{stem}{PARTIAL}{token}{suffix}")
     try:
         yield partial
         if os.path.isdir(partial) and os.path.exists(path):
@@ -107,6 +137,61 @@ def atomic_path(path, force=False):
     finally:
         if os.path.exists(partial):
             _remove(partial)
+
+
+PARTIAL = ".partial-"
+"""Marks the temporary name of a write in progress (`atomic_path`)."""
+
+
+class WriteFailed(OSError):
+    """A file could not be written (e.g. a full disk); the message says what
+    was kept. Raised with the `errno` of the underlying `OSError`."""
+
+    def __str__(self):
+        return str(self.strerror)
+
+
+def remove_partial_writes(folder):
+    """Removes what writes killed before their rename left in `folder`.
+
+    `atomic_path` removes its temporary file when the write raises; a
+    process killed mid-write (or crashed in a native library) cannot, and
+    leaves a hidden file whose name holds `PARTIAL`. Nothing else has such
+    a name, so these are removed without being read.
+
+    Args:
+        folder: the folder to clean (nothing happens if it does not exist).
+
+    Returns:
+        The names removed, sorted.
+    """
+    if not os.path.isdir(folder):
+        return []
+    names = sorted(n for n in os.listdir(folder) if n.startswith(".") and PARTIAL in n)
+    for name in names:
+        _remove(os.path.join(folder, name))
+    return names
+
+
+def check_free_space(folder, needed):
+    """Raises `WriteFailed` (ENOSPC) if `folder`'s file system has less than
+    `needed` bytes free, before a write that would fail halfway.
+
+    Args:
+        folder: an existing folder.
+        needed: bytes the write needs.
+    """
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise WriteFailed(errno.ENOSPC, f"no space left on device: {needed / 2**20:.1f} MiB needed, "
+                                        f"{free / 2**20:.1f} MiB free")
+
+
+def _split_suffixes(name):
+    """`("student", ".keras")`; Keras's compound `("epoch-3", ".weights.h5")`."""
+    if name.endswith(".weights.h5") and len(name) > len(".weights.h5"):
+        return name[:-len(".weights.h5")], ".weights.h5"
+    return os.path.splitext(name)
 
 
 def _remove(path):

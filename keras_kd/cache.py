@@ -17,6 +17,7 @@ warning saying why. Partial folders of writes killed on this machine
 (`.<name>.partial-*` beside `path`) are removed by the next write.
 """
 
+import errno
 import fnmatch
 import glob
 import hashlib
@@ -291,6 +292,35 @@ def check_cached_outputs(cached, teacher_spec, terms):
                 )
 
 
+def check_top_k_schedules(data, callbacks):
+    """Raises before the first step if `data` is a top-K cache and a callback
+    schedules a temperature.
+
+    The cache holds log-probabilities at temperature 1; a schedule that
+    moves the temperature would otherwise stop training mid-run, in the
+    step, under a stack of graph frames.
+
+    Args:
+        data: what `fit` received.
+        callbacks: `fit`'s callbacks (a list, a `CallbackList` or `None`);
+            those with a `schedules` dict (`DistillationScheduler`) are read.
+
+    Raises:
+        ValueError: naming the scheduled target.
+    """
+    if not holds_top_k(data):
+        return
+    callbacks = getattr(callbacks, "callbacks", callbacks) or []
+    for callback in callbacks:
+        scheduled = [t for t in getattr(callback, "schedules", None) or {} if t.endswith("temperature")]
+        if scheduled:
+            raise ValueError(
+                f"The data is a top-K teacher cache, which holds log-probabilities at temperature 1, "
+                f"but {type(callback).__name__} schedules '{scheduled[0]}'. Remove that schedule "
+                f"(keep the temperature at 1.0), or cache full logits (top_k=None)."
+            )
+
+
 def shuffle_buffer_size(element_spec, budget_bytes=SHUFFLE_BUFFER_BYTES):
     """The number of samples a shuffle buffer of `budget_bytes` holds.
 
@@ -463,18 +493,41 @@ def _folder_cache(view, samples, batch_size, path, shuffle, seed, storage):
             stacklevel=3,
         )
     _remove_abandoned_writes(path)
-    with _files.atomic_path(path, force=True) as partial:
-        os.makedirs(partial)
-        writer = os.path.join(partial, _WRITER_FILE)
-        with open(writer, "w") as file:
-            json.dump({"host": socket.gethostname(), "pid": os.getpid()}, file)
-        written = _write(partial, generate())
-        os.remove(writer)
-        record = {"format": _FORMAT, "fingerprint": fingerprint, "samples": written,
-                  "files": _checksums(partial)}
-        with open(os.path.join(partial, _RECORD_FILE), "w") as file:
-            json.dump(record, file, indent=1)
+    try:
+        with _files.atomic_path(path, force=True) as partial:
+            os.makedirs(partial)
+            writer = os.path.join(partial, _WRITER_FILE)
+            with open(writer, "w") as file:
+                json.dump({"host": socket.gethostname(), "pid": os.getpid()}, file)
+            written = _write(partial, generate())
+            os.remove(writer)
+            record = {"format": _FORMAT, "fingerprint": fingerprint, "samples": written,
+                      "files": _checksums(partial)}
+            with open(os.path.join(partial, _RECORD_FILE), "w") as file:
+                json.dump(record, file, indent=1)
+    except (OSError, tf.errors.OpError) as error:
+        raise cache_write_failed(path, error) from error
     return _read(path, record, spec, shuffle, seed)
+
+
+def cache_write_failed(path, error):
+    """The error for a cache that could not be written at `path` (read-only
+    folder, full disk), naming the path the user gave, not the temporary
+    folder the write went to (which is removed).
+
+    Args:
+        path: the cache path passed to `cache_teacher_outputs`.
+        error: the `OSError` (or TensorFlow file error) raised.
+
+    Returns:
+        A `keras_kd._files.WriteFailed` to raise.
+    """
+    reason = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
+    code = getattr(error, "errno", None) or errno.EIO
+    return _files.WriteFailed(
+        code, f"The teacher-output cache cannot be written at '{path}' ({reason.splitlines()[0]}); "
+              f"nothing was kept there. Pass a path in a folder you can write to, with room for the "
+              f"cache, or path=None to keep it in memory.")
 
 
 def _write(folder, batches):

@@ -7,6 +7,7 @@ only what it cannot: moving the Distiller's knobs during `fit`, and
 histograms of what teacher and student produce.
 """
 
+import json
 import os
 import re
 
@@ -14,7 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_kd._validation import as_float
+from keras_kd import _files
+from keras_kd._validation import as_float, check_temperature
 
 
 class DistillationScheduler(keras.callbacks.Callback):
@@ -103,7 +105,10 @@ class DistillationScheduler(keras.callbacks.Callback):
 
     def _assign(self, position):
         for target, variable in self._variables.items():
-            variable.assign(float(keras.ops.convert_to_numpy(self.schedules[target](position))))
+            value = float(keras.ops.convert_to_numpy(self.schedules[target](position)))
+            if target.endswith("temperature"):
+                check_temperature(value, f"schedule of '{target}' at {self.per} {position}")
+            variable.assign(value)
         # Retraces the step if the hard-label loss enters or leaves it.
         self.model.make_train_function()
 
@@ -141,6 +146,103 @@ def schedulable_variable(distiller, target):
         f"DistillationScheduler target '{target}' names nothing in this "
         f"Distiller. Valid targets: {valid}."
     )
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """The model's weights and optimizer state after each epoch, written
+    atomically, and restored to resume an interrupted `fit`.
+
+    `keras.callbacks.BackupAndRestore` writes its weights file in place: a
+    full disk or a kill mid-write leaves a truncated HDF5 file (h5py errors,
+    even a crash, on the next start). Here each epoch's weights go to a
+    temporary name, then `epoch-N.weights.h5`; only then does the record
+    (`training_metadata.json`, `{"epoch": N, "weights": name}`) move to
+    name them, so a resume finds the last complete epoch, never half of one.
+    Free space is checked before each write.
+
+    Args:
+        folder: the backup folder (created at the first save).
+
+    Example:
+
+    ```python
+    backup = keras_kd.callbacks.EpochBackup("run/backup")
+    distiller.fit(data, epochs=10, initial_epoch=backup.restore(distiller), callbacks=[backup])
+    ```
+    """
+
+    RECORD = "training_metadata.json"
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder = os.fspath(folder)
+
+    def restore(self, model):
+        """Loads the last complete epoch's weights into `model`.
+
+        Writes a crash left unfinished are removed first. Call before
+        `fit`, after `compile`, and pass the result as `initial_epoch`.
+
+        Args:
+            model: the compiled model being trained.
+
+        Returns:
+            The number of epochs the backup holds (0 if there is none).
+
+        Raises:
+            ValueError: if the record names a weights file that is missing
+                or cannot be loaded.
+        """
+        _files.remove_partial_writes(self.folder)
+        record = os.path.join(self.folder, self.RECORD)
+        if not os.path.exists(record):
+            return 0
+        with open(record) as file:
+            saved = json.load(file)
+        weights = os.path.join(self.folder, str(saved.get("weights")))
+        if not os.path.isfile(weights):
+            raise ValueError(f"The backup '{self.folder}' names the weights file '{weights}', which does "
+                             f"not exist. Start over without it (keras-kd: --force).")
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)  # its state is in the file
+        model.load_weights(weights)
+        return int(saved["epoch"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.save(epoch + 1)
+
+    def save(self, epochs):
+        """Writes the weights after `epochs` epochs, then the record naming them.
+
+        Raises:
+            keras_kd._files.WriteFailed: if the disk is full or the write
+                fails; the message says which backup was kept.
+        """
+        os.makedirs(self.folder, exist_ok=True)
+        name = f"epoch-{epochs}.weights.h5"
+        record = os.path.join(self.folder, self.RECORD)
+        kept = None
+        try:
+            if os.path.exists(record):
+                with open(record) as file:
+                    kept = json.load(file).get("epoch")
+            needed = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in self.model.variables + (
+                self.model.optimizer.variables if self.model.optimizer else []))
+            _files.check_free_space(self.folder, int(needed * 1.1) + 2**20)
+            with _files.atomic_path(os.path.join(self.folder, name), force=True) as partial:
+                self.model.save_weights(partial)
+            with _files.atomic_path(record, force=True) as partial, open(partial, "w") as file:
+                json.dump({"epoch": epochs, "weights": name}, file)
+        except OSError as error:
+            kept = (f"the backup of epoch {kept} is kept in '{self.folder}'" if kept else
+                    "no earlier backup exists")
+            raise _files.WriteFailed(
+                error.errno, f"Cannot write the backup of epoch {epochs} in '{self.folder}' "
+                f"({error.strerror or error}): {kept}; nothing else was written. Free space and "
+                f"resume (keras-kd: --resume).") from error
+        for other in os.listdir(self.folder):
+            if other.startswith("epoch-") and other.endswith(".weights.h5") and other != name:
+                os.remove(os.path.join(self.folder, other))
 
 
 class DistillationHistograms(keras.callbacks.Callback):

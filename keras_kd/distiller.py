@@ -106,6 +106,7 @@ class Distiller(keras.Model):
         teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
         for model in teachers:
             _validation.check_model(model, "teacher")
+            _validation.check_built(model, "teacher", "it would teach the random outputs of its first call", False)
         _validation.check_model(student, "student")
         _validation.check_separate_models(teachers, student)
         for model in teachers:
@@ -152,6 +153,7 @@ class Distiller(keras.Model):
         self._logged_terms = fidelity.TermMeans(terms.logged_names(self._terms))
         self.fidelity_metrics = []  # keras_kd.metrics given to compile()
         terms.check_terms_are_scalars(self._terms, teacher_spec, student_spec)
+        self._weightless_batches = lm.WeightlessBatchWarning()  # counted in train_step; a callback of fit
         # Sub-models are built: marking the Distiller built lets `.keras`
         # loading restore the optimizer state and BackupAndRestore run.
         self.built = True
@@ -210,10 +212,17 @@ class Distiller(keras.Model):
         x, y, sample_weight, batch_size = lm.preprocess_text(
             self.student, x, y, sample_weight, batch_size)
         cache.check_top_k_temperatures(x, self._terms)
+        lm.check_data_fits_models(x, self.teachers, self.student)
+        _validation.check_dense_inputs(x, self.student)
+        cache.check_top_k_schedules(x, kwargs.get("callbacks"))
+        _validation.check_labels(x, y, self.loss, self.student)
         epoch_callback = terms.epoch_callback(self._terms)
         if epoch_callback is not None:  # e.g. CTKD's reversal curriculum, by epoch
             kwargs["callbacks"] = [epoch_callback, *(kwargs.get("callbacks") or [])]
+        kwargs["callbacks"] = self._weightless_batches.added_to(kwargs.get("callbacks"))
         validation_data = lm.preprocess_validation_text(self.student, validation_data, batch_size)
+        lm.check_data_fits_models(validation_data, self.teachers, self.student)
+        _validation.check_validation_labels(x, y, validation_data)
         return super().fit(x, y, batch_size=batch_size, sample_weight=sample_weight,
                            validation_data=validation_data, **kwargs)
 
@@ -222,6 +231,8 @@ class Distiller(keras.Model):
         x, y, sample_weight, batch_size = lm.preprocess_text(
             self.student, x, y, sample_weight, batch_size)
         cache.check_top_k_temperatures(x, self._terms)
+        lm.check_data_fits_models(x, self.teachers, self.student)
+        _validation.check_dense_inputs(x, self.student)
         return super().evaluate(x, y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
 
     def make_train_function(self, force=False):
@@ -297,6 +308,7 @@ class Distiller(keras.Model):
 
     def train_step(self, data):
         x, targets, sample_weight, teacher_outputs, mask = self._batch(data, training=True)
+        self._weightless_batches.count(mask)
         with global_token_count(mask):  # one all-reduce of the token count per step
             with tf.GradientTape() as tape:
                 student_outputs = self._student_view(x, training=True)

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_kd import _keras_compat, lm
+from keras_kd import _keras_compat, _validation, lm
 from keras_kd._files import atomic_path, check_destination
 
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
@@ -104,6 +104,7 @@ def export_student(
     ```
     """
     student, teacher = _student_and_teacher(distiller_or_model)
+    _validation.check_built(student, "student", "there is nothing trained to export")
     path = os.fspath(path)
     kind = _format_of(path)
     _check_arguments(kind, quantization, representative_data)
@@ -302,10 +303,22 @@ def _student_and_teacher(distiller_or_model):
 
 
 def _format_of(path):
+    """`"keras"`, `"tflite"` or `"saved_model"` (a folder without a suffix).
+
+    Raises:
+        ValueError: for another suffix (`.h5`, a typo such as `.tfite`),
+            which would otherwise silently become a SavedModel folder.
+    """
     if path.endswith(".keras"):
         return "keras"
     if path.endswith(".tflite"):
         return "tflite"
+    suffix = os.path.splitext(os.path.basename(os.path.normpath(path)))[1]
+    if suffix:
+        raise ValueError(
+            f"Export path '{path}' ends in '{suffix}', which is not an export format. Use "
+            f".tflite (LiteRT), .keras, or a folder name without a suffix for a SavedModel."
+        )
     return "saved_model"
 
 
@@ -339,6 +352,7 @@ def _write_tflite(student, path, quantization, representative_data, int8_io):
         options["target_spec"] = {"supported_types": [tf.float16]}
     if quantization == "int8":
         samples = list(_samples(representative_data, student))
+        check_sample_shapes(samples[:1], student, "representative_data")
         # One input goes as a list; several as a dict keyed by signature input name.
         options["representative_dataset"] = lambda: (
             s if isinstance(s, dict) else [s] for s in samples)
@@ -356,6 +370,42 @@ def _write_tflite(student, path, quantization, representative_data, int8_io):
             f"'dynamic' (no integer-only kernels needed), or replace the "
             f"layer the converter names with TFLite-supported operations."
         ) from error
+
+
+def check_sample_shapes(samples, student, what):
+    """Raises if input samples do not have the student's input shape.
+
+    Run before the converter, whose own message for this blames the
+    conversion (a shape error deep in its calibration).
+
+    Args:
+        samples: single-sample batches (arrays or dicts), e.g. from `_samples`.
+        student: the model being exported.
+        what: the argument the samples come from, for the message.
+
+    Raises:
+        ValueError: naming the shape received and the shape expected.
+    """
+    structure = _input_structure(student)
+    if structure is None:
+        return
+    def shapes(value, shape_of):  # {name: shape} for a dict, {None: shape} for one input
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        return {key: tuple(shape_of(leaf)[1:]) for key, leaf in items}
+
+    def fits(e, r):
+        return len(e) == len(r) and all(a is None or a == b for a, b in zip(e, r))
+
+    expected = shapes(structure, lambda t: t.shape)
+    for sample in samples:
+        received = shapes(sample, np.shape)
+        if any(not fits(shape, received.get(key, ())) for key, shape in expected.items()):
+            expected, received = (expected[None], received[None]) if None in expected else (expected, received)
+            raise ValueError(
+                f"{what} has inputs of shape {received} per sample, but the student "
+                f"'{student.name}' takes {expected}. Pass samples shaped like its input "
+                f"(e.g. the training inputs); this is the data, not the converter."
+            )
 
 
 def _converter_cause(error):
@@ -635,12 +685,19 @@ def _size(path):
     return os.path.getsize(path)
 
 
-def save_for_inference(model, path):
+def save_for_inference(model, path, force=False):
     """Saves a model's architecture and weights only, without the optimizer
-    state a compiled model would carry (`clone_model` keeps it compiled)."""
+    state a compiled model would carry (`clone_model` keeps it compiled).
+
+    Args:
+        model: the model.
+        path: the `.keras` file, written atomically.
+        force: replace an existing file (else `ValueError`).
+    """
     copy = type(model).from_config(model.get_config())
     copy.set_weights(model.get_weights())
-    copy.save(path)
+    with atomic_path(path, force) as partial:
+        copy.save(partial)
 
 
 def _keras_size(model):

@@ -8,6 +8,7 @@ real tokens only (`keras_kd.losses.base.masked_mean`).
 
 import math
 import typing
+import warnings
 
 import keras
 import numpy as np
@@ -44,17 +45,59 @@ def token_mask(x, sample_weight, output):
 
 
 def holds_text(data):
-    """Whether `data` (arrays, lists, tensors or a `tf.data.Dataset`) holds strings."""
+    """Whether `data` (arrays, lists, tensors, or a `tf.data.Dataset`'s
+    inputs) holds strings."""
     if isinstance(data, tf.data.Dataset):
-        return any(spec.dtype == tf.string for spec in keras.tree.flatten(data.element_spec))
+        # The inputs only: string labels are the labels' problem (check_labels).
+        spec = data.element_spec
+        inputs = spec[0] if isinstance(spec, tuple) and spec else spec
+        return any(spec.dtype == tf.string for spec in keras.tree.flatten(inputs))
     if isinstance(data, (str, bytes)):
         return True
     if isinstance(data, tf.Tensor):
         return data.dtype == tf.string
-    if isinstance(data, (list, tuple, np.ndarray)) and len(data):
-        first = np.asarray(data).reshape(-1)[0] if not isinstance(data, tuple) else data[0]
-        return isinstance(first, (str, bytes, np.str_, np.bytes_))
+    if isinstance(data, np.ndarray) and data.dtype != object:
+        return data.dtype.kind in "US"
+    if isinstance(data, tuple) and data:
+        return isinstance(data[0], _TEXT)
+    if isinstance(data, (list, np.ndarray)) and len(data):
+        # Any item: a list with a None or a number among its texts is text
+        # with bad items (check_text_items names them), not numbers.
+        return any(isinstance(item, _TEXT) for item in _items(data))
     return False
+
+
+_TEXT = (str, bytes, np.str_, np.bytes_)
+
+
+def _items(data):
+    try:
+        return np.asarray(data, dtype=object).reshape(-1)
+    except ValueError:  # rows of different lengths
+        return np.asarray(keras.tree.flatten(data), dtype=object)
+
+
+def check_text_items(texts):
+    """Raises if a list or array of texts holds something else than strings.
+
+    Args:
+        texts: a list or array of strings (a `tf.data.Dataset` or a tensor
+            is not checked: its dtype already says).
+
+    Raises:
+        ValueError: naming the first other item, its index and its type
+            (TensorFlow's own message, "mixed types", names neither).
+    """
+    if isinstance(texts, (tf.data.Dataset, tf.Tensor)):
+        return
+    items = _items(texts)
+    bad = next((i for i, item in enumerate(items) if not isinstance(item, _TEXT)), None)
+    if bad is not None:
+        raise ValueError(
+            f"The texts hold {type(items[bad]).__name__} {items[bad]!r:.40} at index {bad} (of "
+            f"{len(items)}), but every item must be a string: the student's preprocessor "
+            f"tokenizes text. Remove that item or convert it, e.g. str(item)."
+        )
 
 
 def preprocessed(preprocessor, x, y=None, sample_weight=None, batch_size=None):
@@ -72,6 +115,9 @@ def preprocessed(preprocessor, x, y=None, sample_weight=None, batch_size=None):
         A batched `tf.data.Dataset` of the preprocessor's outputs, e.g.
         `(x, y, sample_weight)` for a causal LM.
 
+    Raises:
+        ValueError: if array-like `x` holds an item that is not a string.
+
     Example:
 
     ```python
@@ -81,6 +127,7 @@ def preprocessed(preprocessor, x, y=None, sample_weight=None, batch_size=None):
     if isinstance(x, tf.data.Dataset):
         dataset = x
     else:
+        check_text_items(x)
         inputs = keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
         dataset = tf.data.Dataset.from_tensor_slices(inputs).batch(batch_size or 32)
     return dataset.map(
@@ -489,6 +536,11 @@ def sequence_level_batches(teacher, prompts, preprocessor, batch_size=32,
     Returns:
         A `tf.data.Dataset` of `(x, y, sample_weight)` batches.
 
+    Raises:
+        ValueError: if a prompt fills `sequence_length` (no continuation to
+            learn from), or `sequence_length` exceeds the teacher's
+            `max_sequence_length`.
+
     Example:
 
     ```python
@@ -503,6 +555,8 @@ def sequence_level_batches(teacher, prompts, preprocessor, batch_size=32,
     prompts = _validation.check_texts(prompts, "prompts")
     batch_size = _validation.check_count(batch_size, "batch_size")
     sequence_length = sequence_length or preprocessor.sequence_length
+    check_sequence_length(sequence_length, {"teacher": teacher}, "sequence_level_batches")
+    check_prompts_leave_room(preprocessor, prompts, sequence_length)
     parts = []
     for start in range(0, len(prompts), batch_size):
         batch = list(prompts[start:start + batch_size])
@@ -543,6 +597,11 @@ class OnPolicyBatches(keras.utils.PyDataset):
         seed: which rows are on-policy, per batch.
         stop_token_ids: as in `sequence_level_batches`.
 
+    Raises:
+        ValueError: for bad arguments; if a prompt fills `sequence_length`
+            (no continuation to learn from), or `sequence_length` exceeds
+            the student's `max_sequence_length`.
+
     Example:
 
     ```python
@@ -580,6 +639,8 @@ class OnPolicyBatches(keras.utils.PyDataset):
                 f"for token-level KD on the given continuations."
             )
         self.sequence_length = sequence_length or preprocessor.sequence_length
+        check_sequence_length(self.sequence_length, {"student": student}, "OnPolicyBatches")
+        check_prompts_leave_room(preprocessor, self.prompts, self.sequence_length)
         self.seed = seed
         self.stop_token_ids = stop_token_ids
 
@@ -607,6 +668,171 @@ class OnPolicyBatches(keras.utils.PyDataset):
         count = int(round(self.fraction * rows))
         order = np.random.default_rng((self.seed, index)).permutation(rows)
         return np.sort(order[:count])
+
+
+def max_sequence_length(model):
+    """The most positions a model accepts, or `None` if it does not say.
+
+    Read from a KerasHub backbone's `max_sequence_length` (its position
+    embedding: a longer sequence fails in a slice deep in the graph), else
+    from the model's own attribute, else from a fixed sequence axis of its
+    `token_ids` input.
+    """
+    for owner in (getattr(model, "backbone", None), model):
+        value = getattr(owner, "max_sequence_length", None)
+        if isinstance(value, int) and value > 0:
+            return value
+    inputs = keras.tree.flatten(getattr(model, "inputs", None) or [])
+    token_ids = next((i for i in inputs if getattr(i, "name", None) == "token_ids"), None)
+    if token_ids is not None and len(token_ids.shape) == 2 and token_ids.shape[1] is not None:
+        return int(token_ids.shape[1])
+    return None
+
+
+def check_sequence_length(length, models, what):
+    """Raises if sequences of `length` positions are longer than a model accepts.
+
+    Args:
+        length: positions per sequence (`None`: unknown, nothing to check).
+        models: `{name: model}`, e.g. `{"teacher": t, "student": s}`.
+        what: where the length comes from, for the message.
+
+    Raises:
+        ValueError: naming the model, its limit and the length received.
+    """
+    if length is None:
+        return
+    for name, model in models.items():
+        limit = max_sequence_length(model)
+        if limit is not None and length > limit:
+            raise ValueError(
+                f"{what} has sequences of {length} tokens, but the {name} '{model.name}' accepts at "
+                f"most {limit} (its max_sequence_length). Pass sequences of at most {limit} tokens "
+                f"(e.g. a preprocessor with sequence_length={limit}), or a {name} built for longer ones."
+            )
+
+
+def check_data_fits_models(data, teachers, student):
+    """Raises before the first step if the data's sequences are longer than
+    the teacher(s) or the student accept (see `check_sequence_length`).
+
+    Args:
+        data: what `fit`/`evaluate` received (after text preprocessing).
+        teachers: the list of teachers.
+        student: the student.
+    """
+    names = ["teacher"] if len(teachers) == 1 else [f"teachers[{i}]" for i in range(len(teachers))]
+    check_sequence_length(data_sequence_length(data), {**dict(zip(names, teachers)), "student": student},
+                          "The data")
+
+
+def data_sequence_length(data):
+    """The positions per sequence of token-level training data, when known
+    without reading it: `OnPolicyBatches`, a `tf.data.Dataset` or arrays
+    whose `token_ids` have a fixed second axis; else `None`."""
+    if isinstance(data, OnPolicyBatches):
+        return data.sequence_length - 1  # inputs are the sequence without its last token
+    if isinstance(data, tf.data.Dataset):
+        data = keras.utils.unpack_x_y_sample_weight(data.element_spec)[0]
+    elif isinstance(data, (tuple, list)) and data and isinstance(data[0], dict):
+        data = data[0]
+    token_ids = data.get("token_ids") if isinstance(data, dict) else None
+    shape = getattr(token_ids, "shape", None)
+    if shape is None or len(shape) != 2 or shape[1] is None:
+        return None
+    return int(shape[1])
+
+
+class WeightlessBatchWarning(keras.callbacks.Callback):
+    """Warns once per `fit` when training batches had every token weight 0.
+
+    Such a batch trains nothing and logs a loss of 0 (a masked mean over no
+    real token): prompts that fill the sequence, a student that ends every
+    generation at once, padding only. The training step calls `count(mask)`
+    (one sum of the mask it already has, no host round trip); this callback
+    reads the count at each epoch's end. Under `tf.distribute` a replica's
+    share of the batch is counted on its own.
+
+    Example:
+
+    ```python
+    # Inside the Distiller: created with it, counted in train_step, passed to fit.
+    warning = WeightlessBatchWarning()
+    ```
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.batches = tf.Variable(0, dtype="int64", trainable=False, name="weightless_batches",
+                                   synchronization=tf.VariableSynchronization.ON_READ,
+                                   aggregation=tf.VariableAggregation.SUM)
+        self.warned = False
+
+    def count(self, mask):
+        """Counts the batch if `mask` (its token weights, or `None`) is all 0."""
+        if mask is not None:
+            empty = ops.cast(ops.all(ops.equal(ops.cast(mask, "float32"), 0.0)), "int64")
+            self.batches.assign_add(empty)
+
+    def added_to(self, callbacks):
+        """`fit`'s `callbacks` argument (a list, a `CallbackList` or `None`) with this one added."""
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            if self not in callbacks.callbacks:
+                callbacks.append(self)
+            return callbacks
+        return [*(callbacks or []), self]
+
+    def on_train_begin(self, logs=None):
+        self.warned = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.assign(0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        empty = int(self.batches.numpy())
+        if empty and not self.warned:
+            self.warned = True
+            steps = self.params.get("steps") if self.params else None
+            of = f" of {steps}" if steps else ""
+            warnings.warn(
+                f"{empty}{of} training batches of epoch {epoch + 1} had every token weight 0 "
+                f"(sample_weight or padding_mask): they trained nothing, and count as a loss "
+                f"of 0 in the logged mean. Check the data: prompts that fill the sequence, "
+                f"continuations that end at once, rows of padding only. (Warned once per fit.)",
+                stacklevel=2,
+            )
+
+
+def check_prompts_leave_room(preprocessor, prompts, sequence_length):
+    """Raises if a prompt fills `sequence_length` tokens (or more).
+
+    Only continuation tokens are weighted: such a prompt's row would have
+    every token weight 0, and training on it would log a loss of 0 while
+    the student learns nothing.
+
+    Args:
+        preprocessor: the `CausalLMPreprocessor` that tokenizes the prompts.
+        prompts: the prompts.
+        sequence_length: tokens per sequence.
+
+    Returns:
+        The prompts' token counts (start token included; at most
+        `sequence_length`).
+
+    Raises:
+        ValueError: naming the first such prompt's index and how many there are.
+    """
+    lengths = _prompt_lengths(preprocessor, prompts, sequence_length)
+    full = np.flatnonzero(lengths >= sequence_length)
+    if full.size:
+        first = int(full[0])
+        raise ValueError(
+            f"prompts[{first}] ({prompts[first][:40]!r}...) fills all {sequence_length} tokens of a "
+            f"sequence (start token included), leaving no continuation to learn from: every token "
+            f"weight of its row would be 0 ({full.size} of {len(prompts)} prompts do). Shorten those "
+            f"prompts or pass a larger sequence_length."
+        )
+    return lengths
 
 
 def _generate(model, preprocessor, prompts, sequence_length, stop_token_ids):

@@ -255,3 +255,20 @@ def test_the_shuffle_buffer_is_bounded_by_bytes():
     teacher = dense_classifier(16, name="teacher")
     one_sample_buffer = keras_kd.cache_teacher_outputs(teacher, dataset(), shuffle_buffer_bytes=1, seed=0)
     assert sum(int(x["keras_kd_inputs"].shape[0]) for x, _ in one_sample_buffer) == 64
+
+
+@pytest.mark.parametrize("failure", [PermissionError(13, "Permission denied"), OSError(28, "No space left on device")])
+def test_a_cache_that_cannot_be_written_names_the_path_given(tmp_path, monkeypatch, failure):
+    real_makedirs = os.makedirs
+
+    def refused(path, *args, **kwargs):  # a read-only folder, or a full disk, as the write starts
+        if ".partial-" in os.fspath(path):
+            raise type(failure)(failure.errno, failure.strerror, os.fspath(path))
+        return real_makedirs(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "makedirs", refused)
+    path = str(tmp_path / "readonly" / "cache")
+    with pytest.raises(OSError, match=rf"^The teacher-output cache cannot be written at '{path}' \({failure.strerror}\); "
+                                      r"nothing was kept there\. Pass a path in a folder you can write to"):
+        keras_kd.cache_teacher_outputs(make(dense_classifier(16, name="teacher")), dataset(), path=path)
+    assert not [p for p in tmp_path.rglob("*") if ".partial-" in p.name]

@@ -75,6 +75,16 @@ def test_fitnets_two_stage_moves_weight_from_hints_to_logits():
     assert history["distillation_loss"] == pytest.approx([hint[0], logits[1]], rel=1e-6)
 
 
+def test_a_schedule_to_a_temperature_that_erases_the_teacher_is_refused():
+    distiller = distiller_with([keras_kd.LogitsDistillation(temperature=2.0)])
+    scheduler = DistillationScheduler({"temperature": lambda epoch: 2.0 if epoch < 1 else 1e9})
+    x, y = toy_data()
+    with pytest.raises(ValueError, match=r"`schedule of 'temperature' at epoch 1` is 1e\+09, above 1000: "
+                                         r"softened that much"):
+        distiller.fit(x, y, epochs=2, verbose=0, callbacks=[scheduler])
+    assert float(distiller.schedulable_variables()["logits_distillation.temperature"]) == 2.0  # not assigned
+
+
 def test_unknown_target_lists_the_valid_ones():
     distiller = distiller_with([keras_kd.LogitsDistillation(), keras_kd.losses.DKD()])
     x, y = toy_data(8)

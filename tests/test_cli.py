@@ -5,9 +5,11 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import time
+import types
 
 import keras
 import numpy as np
@@ -203,6 +205,11 @@ BAD_INPUTS = [
     ("resume-without-backup", ["--resume"], "holds no interrupted run (no 'backup' folder)"),
     ("resume-other-settings", ["--output", "{files}/interrupted", "--resume"],
      "--resume: the interrupted run had other settings (--learning-rate 0.5 then, 0.001 now). Pass the same"),
+    ("resume-teacher-replaced", ["--output", "{files}/interrupted_other_teacher", "--resume"],
+     "--resume: the --teacher file changed since the run was interrupted (same path, other content: SHA-256 "
+     "000000000000 then"),
+    ("resume-record-without-digests", ["--output", "{files}/interrupted_old_record", "--resume"],
+     "holds no digests of its teacher, student and data, so resuming could mix two runs. Pass --force"),
     ("logdir-is-a-file", ["--logdir", "{files}/a_file"], "Log folder path '{files}/a_file' is a file"),
     ("config-unknown-class", ["--config", "{files}/unknown_class.json"],
      "distillation_losses[0] names class 'FancyLoss', which is not a keras_kd distillation loss. Use one of: "),
@@ -215,6 +222,15 @@ BAD_INPUTS = [
     ("feature-malformed", ["--feature", "conv2"], "--feature 'conv2' is not TEACHER_LAYER:STUDENT_LAYER[:LOSS]"),
     ("feature-unknown-loss", ["--feature", "conv2:conv1:fancy"], "Unknown feature loss 'fancy'"),
     ("feature-unknown-layer", ["--feature", "conv9:conv1"], "'conv9' is not a layer of teacher"),
+    ("teacher-is-a-distiller", ["--teacher", "{files}/distiller.keras"],
+     "Teacher file '{files}/distiller.keras' holds a saved Distiller, not a trained model: a Distiller carries "
+     "its own teacher and outputs its student's predictions. Pass the student it trained"),
+    ("plan-teacher-is-a-distiller", ["plan", "--teacher", "{files}/distiller.keras", "--student", "{student}"],
+     "holds a saved Distiller, not a trained model"),
+    ("temperature-1e9", ["--temperature", "1e9"],
+     "`temperature` is 1e+09, above 1000: softened that much, the teacher's distribution is uniform to float32 "
+     "precision and the distillation loss is rounding noise (exactly 0 at 1e9), so the student would learn "
+     "nothing from the teacher. Pass a temperature <= 1000"),
     ("teacher-missing", ["--teacher", "{files}/missing.keras"], "Teacher file '{files}/missing.keras' does not exist"),
     ("teacher-not-a-model", ["--teacher", "{files}/a_file"], "Teacher file '{files}/a_file' is not a Keras model"),
     ("class-count-mismatch", ["--student", "{files}/student5.keras"],
@@ -242,8 +258,21 @@ BAD_INPUTS = [
      "--quantization int8 calibrates activation ranges on sample inputs: pass --representative-data SPEC"),
     ("export-int8-io-without-int8", ["export", "{student}", "{files}/s.tflite", "--int8-io"],
      "--int8-io applies to --quantization int8"),
+    ("export-representative-wrong-shape", ["export", "{student}", "{files}/s.tflite", "--quantization", "int8",
+                                           "--representative-data", "digits"],
+     "representative_data has inputs of shape (8, 8, 1) per sample, but the student 'student' takes (40, 1). "
+     "Pass samples shaped like its input"),
+    ("export-unknown-suffix", ["export", "{student}", "{files}/s.tfite"],
+     "Export path '{files}/s.tfite' ends in '.tfite', which is not an export format. Use .tflite (LiteRT), .keras"),
     ("export-student-missing", ["export", "{files}/missing.keras", "{files}/s.tflite"],
      "Student file '{files}/missing.keras' does not exist"),
+    ("demo-output-is-a-file", ["demo", "--quick", "--output", "{files}/a_file"],
+     "Demo output folder path '{files}/a_file' is a file, but a folder is written there. Pass a folder path"),
+    ("demo-output-has-a-demo", ["demo", "--quick", "--output", "{files}/demo"],
+     "Demo output folder '{files}/demo' already holds teacher.keras, report.html, which are not replaced "
+     "silently. Pass another folder, or force the overwrite (--force"),
+    ("demo-lm-output-has-a-demo", ["demo", "lm", "--quick", "--output", "{files}/demo"],
+     "Demo output folder '{files}/demo' already holds teacher.keras, which are not replaced silently"),
     ("plan-without-student", ["plan", "--teacher", "{teacher}"], "the following arguments are required: --student"),
     ("plan-teacher-missing", ["plan", "--teacher", "{files}/missing.keras", "--student", "{student}"],
      "Teacher file '{files}/missing.keras' does not exist"),
@@ -256,6 +285,7 @@ BAD_INPUTS = [
      "Teacher 'teacher' and student 'coarse' have no stage of the same resolution: teacher [40, 20, 10], "
      "student [8]. Give both models the same input size"),
 ]
+COMMANDS = ("export", "plan", "demo")  # the other cases are distill's
 DISTILL = ["distill", "--teacher", "{teacher}", "--student", "{student}", "--data", "{files}/tiny.npz",
            "--epochs", "1", "--batch-size", "32"]
 
@@ -308,12 +338,20 @@ def bad_input_results(models, tmp_path_factory):
               "student": str(models / "student.keras")}
     cases = {}
     for name, arguments, _ in BAD_INPUTS:
-        if arguments[0] not in ("export", "plan"):
+        if arguments[0] not in COMMANDS:
             arguments = [*DISTILL, "--output", str(files / f"out_{name}"), *arguments]
         cases[name] = [a.format(**values) for a in arguments]
     # The interrupted run differs from the resuming one in its learning rate only.
     record = cli.settings(cli.build_parser().parse_args(cases["resume-other-settings"]))
     (files / "interrupted" / "backup" / "run.json").write_text(json.dumps({**record, "learning_rate": 0.5}))
+    # Same settings; the teacher's digest differs, or the record has none.
+    for name, case, teacher in (("other_teacher", "resume-teacher-replaced", "0" * 64),
+                                ("old_record", "resume-record-without-digests", None)):
+        args = cli.build_parser().parse_args(cases[case])
+        contents = cli.run_contents(args, [a for pair in cli.load_data_spec(args.data) for a in pair])
+        record = {**cli.settings(args), **({"contents": {**contents, "teacher": teacher}} if teacher else {})}
+        (files / f"interrupted_{name}" / "backup").mkdir(parents=True)
+        (files / f"interrupted_{name}" / "backup" / "run.json").write_text(json.dumps(record))
     (files / "cases.json").write_text(json.dumps(cases))
     process = subprocess.run([sys.executable, "-c", DRIVER, str(files / "cases.json"), str(files / "results.json")],
                              capture_output=True, text=True, env=ENV)
@@ -341,10 +379,15 @@ def make_bad_files(files, models):
     (files / "finished").mkdir()
     (files / "finished" / "student.keras").write_bytes(b"a previous run's student")
     (files / "interrupted" / "backup").mkdir(parents=True)
+    (files / "demo").mkdir()
+    (files / "demo" / "teacher.keras").write_bytes(b"a 300-epoch teacher")
+    (files / "demo" / "report.html").write_text("<p>the user's report</p>")
     (files / "unknown_class.json").write_text(json.dumps({"distillation_losses": [{"class_name": "FancyLoss"}]}))
     (files / "list.json").write_text(json.dumps([{"class_name": "LogitsDistillation"}]))
     (files / "noproj.json").write_text(next(c for c in CONFIGS if "hints" in c.stem).read_text().replace(
         '"projection": "auto"', '"projection": null'))
+    keras_kd.Distiller(keras.models.load_model(models / "teacher.keras"),
+                       keras.models.load_model(models / "student.keras")).save(files / "distiller.keras")
     inputs = keras.Input((40, 1))
     keras.Model(inputs, keras.layers.Dense(5)(keras.layers.Flatten()(inputs))).save(files / "student5.keras")
     coarse = keras.layers.Flatten()(keras.layers.Conv1D(4, 5, strides=5)(inputs))  # length 8 only
@@ -358,7 +401,7 @@ def test_bad_input_gets_one_line_and_exit_code_2(bad_input_results, name, argume
     lines = result["stderr"].splitlines()
     assert result["code"] == 2, result["stderr"][-2000:]
     assert len(lines) == 1 and "Traceback" not in result["stderr"], result["stderr"][-2000:]
-    command = arguments[0] if arguments[0] in ("export", "plan") else "distill"
+    command = arguments[0] if arguments[0] in COMMANDS else "distill"
     assert lines[0].startswith(f"keras-kd {command}: error: ")
     assert message.format(files=files) in lines[0]
     assert "allow_pickle" not in lines[0]  # never advise unsafe loading
@@ -371,6 +414,8 @@ def test_bad_input_gets_one_line_and_exit_code_2(bad_input_results, name, argume
         assert "Epoch" not in result["stdout"]  # refused before training
     assert (files / "finished" / "student.keras").read_bytes() == b"a previous run's student"
     assert (files / "a_file.tflite").read_bytes() == b"a previous export"
+    assert sorted(p.name for p in (files / "demo").iterdir()) == ["report.html", "teacher.keras"]
+    assert (files / "demo" / "teacher.keras").read_bytes() == b"a 300-epoch teacher"
 
 
 def test_traceback_flag_shows_the_full_error(models, tmp_path):
@@ -423,7 +468,10 @@ def test_a_failed_save_keeps_the_previous_student_and_the_run(models, tmp_path, 
 
     monkeypatch.setattr(keras.Model, "save", save_then_fail)
     assert distill(models, tmp_path, "--force") == 2
-    assert "No space left on device" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"keras-kd distill: error: Cannot write '{output / 'student.keras'}' (No space left on device): the previous "
+        f"student.keras is unchanged; the trained epochs are kept in '{output / 'backup'}'. Free space and rerun "
+        f"with --resume --force to write the student.")
     assert (output / "student.keras").read_bytes() == previous  # not truncated
     assert sorted(p.name for p in output.iterdir()) == ["backup", "student.keras"]  # no partial file
 
@@ -432,6 +480,67 @@ def test_a_failed_save_keeps_the_previous_student_and_the_run(models, tmp_path, 
     assert "Epoch" not in capsys.readouterr().out
     assert (output / "student.keras").read_bytes() != previous
     assert sorted(p.name for p in output.iterdir()) == ["student.keras"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_backup_keeps_the_last_epoch_and_says_so(models, tmp_path, monkeypatch, capsys):
+    output = tmp_path / "out"
+    writes = []
+
+    def full_after_two_epochs(folder):  # shutil.disk_usage, as the backup's free-space check reads it
+        writes.append(folder)
+        return types.SimpleNamespace(free=0 if len(writes) > 2 else 10**12)
+
+    monkeypatch.setattr(shutil, "disk_usage", full_after_two_epochs)
+    assert distill(models, tmp_path, "--epochs", "3") == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == (f"keras-kd distill: error: Cannot write the backup of epoch 3 in '{output / 'backup'}' "
+                    f"(no space left on device: 1.1 MiB needed, 0.0 MiB free): the backup of epoch 2 is kept in "
+                    f"'{output / 'backup'}'; nothing else was written. Free space and resume (keras-kd: --resume).")
+    assert sorted(p.name for p in (output / "backup").iterdir()) == [
+        "epoch-2.weights.h5", "run.json", "training_metadata.json"]
+    # A write killed mid-way (a crash in h5py) leaves its temporary file: recognised and removed.
+    (output / "backup" / ".epoch-3.partial-0badf00d.weights.h5").write_bytes(b"half an HDF5 file")
+    monkeypatch.undo()
+    assert distill(models, tmp_path, "--epochs", "3", "--resume") == 0
+    out = capsys.readouterr().out
+    assert "Epoch 3/3" in out and "Epoch 2/3" not in out
+    assert sorted(p.name for p in output.iterdir()) == ["student.keras"]
+
+
+def test_a_failed_backup_write_leaves_the_previous_backup_whole(models, tmp_path, monkeypatch):
+    student = keras.models.load_model(models / "student.keras")
+    student.compile("adam", "mse")
+    student.optimizer.build(student.trainable_variables)
+    backup = keras_kd.callbacks.EpochBackup(tmp_path / "backup")
+    backup.set_model(student)
+    backup.save(1)
+    saved = (tmp_path / "backup" / "epoch-1.weights.h5").read_bytes()
+
+    def save_half_then_fail(self, path, *args, **kwargs):
+        with open(path, "wb") as file:
+            file.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "save_weights", save_half_then_fail)
+    with pytest.raises(OSError, match=r"^Cannot write the backup of epoch 2 in .*\(No space left on device\): "
+                                      r"the backup of epoch 1 is kept in"):
+        backup.save(2)
+    assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == ["epoch-1.weights.h5",
+                                                                       "training_metadata.json"]
+    assert (tmp_path / "backup" / "epoch-1.weights.h5").read_bytes() == saved
+    monkeypatch.undo()
+    assert backup.restore(student) == 1
+
+
+def test_demo_replaces_its_files_only_with_force(tmp_path, monkeypatch):
+    (tmp_path / "student.keras").write_bytes(b"the user's student")
+    with pytest.raises(ValueError, match="already holds student.keras, which are not replaced silently"):
+        demo.run(output=str(tmp_path), quick=True)
+    assert (tmp_path / "student.keras").read_bytes() == b"the user's student"
+    monkeypatch.setattr(demo.datasets, "mnist1d", lambda: (_ for _ in ()).throw(RuntimeError("training started")))
+    with pytest.raises(RuntimeError, match="training started"):  # with --force the check lets it through
+        cli.main(["--traceback", "demo", "--quick", "--output", str(tmp_path), "--force"])
 
 
 def test_export_replaces_an_existing_file_only_with_force(models, tmp_path, capsys):

@@ -98,3 +98,21 @@ def test_stdlib_docstrings_refuses_shares_outside_0_1(shares):
 def test_stdlib_docstrings_refuses_a_folder_without_python(tmp_path):
     with pytest.raises(ValueError, match="No Python file with a docstring in .*sysconfig"):
         datasets.stdlib_docstrings(root=str(tmp_path))
+
+
+def test_tfds_data_missing_offline_fails_at_once_with_one_line(tmp_path, monkeypatch):
+    import socket
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))  # nothing downloaded there
+    attempts = []
+
+    def offline(address, timeout=None):
+        attempts.append(address)
+        raise OSError(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    with pytest.raises(ValueError, match=r"^Data set 'mnist' is not in the local tensorflow-datasets folder and "
+                                         r"cannot be downloaded: no network connection \(storage.googleapis.com: "
+                                         r"\[Errno -2\] Name or service not known\)\. Run tfds.load\('mnist'\) once"):
+        datasets.load("tfds:mnist")
+    assert attempts == [datasets.DOWNLOAD_HOST]  # one quick check, no download retries

@@ -111,6 +111,15 @@ def test_a_distiller_exports_its_student_only(tmp_path):
          r"quantization='int8' calibrates .* but representative_data is None"),
         ({"path": "s.keras", "quantization": "float16"}, ValueError,
          r"quantization='float16' applies to .tflite files, but the path is a keras export"),
+        ({"path": "s.tfite"}, ValueError,
+         r"Export path '.*s.tfite' ends in '.tfite', which is not an export format. Use .tflite \(LiteRT\), "
+         r".keras, or a folder name without a suffix for a SavedModel."),
+        ({"path": "s.h5", "representative_data": np.zeros((4, 5), "float32"), "quantization": "int8"}, ValueError,
+         r"ends in '.h5', which is not an export format"),
+        ({"representative_data": np.zeros((4, 5), "float32"), "quantization": "int8"}, ValueError,
+         r"^representative_data has inputs of shape \(5,\) per sample, but the student 'sequential.*' takes "
+         r"\(8,\)\. Pass samples shaped like its input \(e.g. the training inputs\); this is the data, not the "
+         r"converter."),
     ],
 )
 def test_bad_requests_are_refused(tmp_path, kwargs, error, message):
@@ -118,6 +127,14 @@ def test_bad_requests_are_refused(tmp_path, kwargs, error, message):
     path = str(tmp_path / kwargs.pop("path", "s.tflite"))
     with pytest.raises(error, match=message):
         export.export_student(student, path, **kwargs)
+
+
+def test_an_unbuilt_student_is_refused_before_the_converter(tmp_path):
+    unbuilt = keras.Sequential([keras.layers.Dense(3)], name="fresh")
+    with pytest.raises(ValueError, match=r"^The student 'fresh' is not built: it has no weights yet, so it was never "
+                                         r"trained or loaded, and there is nothing trained to export"):
+        export.export_student(unbuilt, str(tmp_path / "s.tflite"))
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_student_the_converter_cannot_lower_gets_the_cause_and_a_fix(tmp_path):

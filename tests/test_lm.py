@@ -1,6 +1,8 @@
 """Token-level distillation of KerasHub causal LMs: accepted as they are,
 masked, replica-correct, from raw text through the student's preprocessor."""
 
+import warnings
+
 import keras
 import keras_hub
 import numpy as np
@@ -533,6 +535,12 @@ def test_a_top_k_cache_refuses_other_losses_and_temperatures():
                        match=r"A top-K teacher cache holds log-probabilities at temperature 1; set the "
                              r"LogitsDistillation temperature to 1.0"):
         distiller.test_on_batch(*next(iter(cached)))
+    distiller = distiller_for(keras_kd.LogitsDistillation(1.0))
+    scheduler = keras_kd.callbacks.DistillationScheduler({"temperature": lambda epoch: 1.0 + epoch})
+    with pytest.raises(ValueError, match=r"^The data is a top-K teacher cache, which holds log-probabilities at "
+                                         r"temperature 1, but DistillationScheduler schedules 'temperature'\. Remove "
+                                         r"that schedule \(keep the temperature at 1\.0\), or cache full logits"):
+        distiller.fit(cached, epochs=2, verbose=0, callbacks=[scheduler])
     small = keras_kd.Distiller(causal_lm(32, 1, "small_teacher", vocabulary=40),
                                causal_lm(16, 1, "small_student", vocabulary=40), keras_kd.LogitsDistillation(1.0),
                                student_loss_weight=0.0)
@@ -743,3 +751,56 @@ def test_on_policy_batches_refuse_what_would_silently_change_the_data(arguments,
     with pytest.raises(ValueError, match=r"`prompts` must be a list of strings, but received one string"):
         lm.sequence_level_batches(student, "def f", preprocessor)
     assert len(lm.OnPolicyBatches(student, ["a", "b", "c"], ["1", "2", "3"], preprocessor, 0.5, batch_size=2.0)) == 2
+
+
+def test_prompts_that_fill_the_sequence_are_refused_with_the_first_index():
+    teacher, student, preprocessor = generating_pair()  # sequence_length 16
+    prompts, answers = ["def f", "x" * 15, "y" * 40], [" return 1", "0", "1"]
+    message = (r"prompts\[1\] \('xxxxxxxxxxxxxxx'...\) fills all 16 tokens of a sequence \(start token included\), "
+               r"leaving no continuation to learn from: every token weight of its row would be 0 \(2 of 3 prompts "
+               r"do\). Shorten those prompts or pass a larger sequence_length.")
+    with pytest.raises(ValueError, match=message):
+        lm.OnPolicyBatches(student, prompts, answers, preprocessor, fraction=0.5, batch_size=2)
+    with pytest.raises(ValueError, match=message):
+        lm.sequence_level_batches(teacher, prompts, preprocessor)
+    lm.OnPolicyBatches(student, ["x" * 14], ["0"], preprocessor, fraction=0.0)  # one token left: accepted
+
+
+def test_sequence_lengths_are_checked_against_both_models_before_the_first_step():
+    teacher, student, preprocessor = generating_pair()  # both accept 16 positions
+    with pytest.raises(ValueError, match=r"^OnPolicyBatches has sequences of 24 tokens, but the student 'student' "
+                                         r"accepts at most 16 \(its max_sequence_length\)"):
+        lm.OnPolicyBatches(student, ["def f"], [" x"], preprocessor, fraction=0.0, sequence_length=24)
+    with pytest.raises(ValueError, match=r"^sequence_level_batches has sequences of 24 tokens, but the teacher"):
+        lm.sequence_level_batches(teacher, ["def f"], preprocessor, sequence_length=24)
+    keras.utils.set_random_seed(1)
+    short = keras_hub.models.GPT2CausalLM(backbone=keras_hub.models.GPT2Backbone(
+        vocabulary_size=258, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32, max_sequence_length=8,
+        name="short_backbone"), preprocessor=None, name="short")
+    distiller = keras_kd.Distiller(short, student, student_loss_weight=0.0)
+    distiller.compile(optimizer="sgd")
+    batches = lm.OnPolicyBatches(student, ["def f", "class A"], [" return 1", ": pass"], preprocessor, fraction=0.0)
+    message = (r"^The data has sequences of 15 tokens, but the teacher 'short' accepts at most 8 \(its "
+               r"max_sequence_length\). Pass sequences of at most 8 tokens")
+    for data in (batches, tf.data.Dataset.from_tensor_slices(batches[0]).batch(2), batches[0][0]):
+        with pytest.raises(ValueError, match=message):
+            distiller.fit(data, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=message.replace("15", "16")):  # text, through the student's preprocessor
+        distiller.fit(["def f(x): return x"], epochs=1, verbose=0)
+
+
+def test_batches_whose_token_weights_are_all_zero_are_warned_about_once():
+    distiller = distiller_for()
+    x, y, weight = token_batch([5, 6, 7, 8])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        distiller.fit(x, y, sample_weight=np.zeros_like(weight), batch_size=2, epochs=2, verbose=0)
+    messages = [str(w.message) for w in caught if "token weight 0" in str(w.message)]
+    assert messages == ["2 of 2 training batches of epoch 1 had every token weight 0 (sample_weight or "
+                        "padding_mask): they trained nothing, and count as a loss of 0 in the logged mean. Check "
+                        "the data: prompts that fill the sequence, continuations that end at once, rows of padding "
+                        "only. (Warned once per fit.)"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        distiller.fit(x, y, sample_weight=weight, batch_size=2, epochs=1, verbose=0)
+    assert not [w for w in caught if "token weight 0" in str(w.message)]

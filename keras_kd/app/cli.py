@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 from keras_kd import losses
-from keras_kd._files import atomic_path, check_destination
+from keras_kd._files import WriteFailed, atomic_path, check_destination
 from keras_kd._version import __version__
 from keras_kd.app import datasets
 
@@ -156,6 +156,8 @@ def build_parser():
         help="lm only: add keras_kd from top-16 and top-64 teacher caches, from 16- and 64-draw "
         "caches, sequence-level and on-policy (lambda 0.5) rows (about 20 more minutes on 2 cores)",
     )
+    demo.add_argument("--force", action="store_true",
+                      help="replace the models and report of a previous demo in --output")
 
     export = command(
         "export",
@@ -265,14 +267,16 @@ def main(argv=None):
                     f"--epochs is the classification demo's; `keras-kd demo lm` trains the teacher "
                     f"{demo_lm.DEMO_TEACHER_EPOCHS} epochs and every student {demo_lm.STUDENT_EPOCHS} "
                     f"({demo_lm.QUICK_EPOCHS} with --quick)")
-            demo_lm.run(output=args.output, quick=args.quick, seed=args.seed, all_rows=args.all_rows)
+            demo_lm.run(output=args.output, quick=args.quick, seed=args.seed, all_rows=args.all_rows,
+                        force=args.force)
         elif args.command == "demo":
             from keras_kd.app import demo
 
             if args.all_rows:
                 raise UsageError("--all-rows is the lm demo's: keras-kd demo lm --all-rows")
 
-            demo.run(output=args.output, quick=args.quick, epochs=args.epochs, seed=args.seed)
+            demo.run(output=args.output, quick=args.quick, epochs=args.epochs, seed=args.seed,
+                     force=args.force)
         elif args.command == "export":
             run_export(args)
         elif args.command == "plan":
@@ -301,13 +305,13 @@ def one_line(error):
         error: the exception.
 
     Returns:
-        The message's first line; for errors other than `UsageError` and
-        `ValueError` (whose messages are written for users), the type name
-        and a pointer to `--traceback` too.
+        The message's first line; for errors other than `UsageError`,
+        `ValueError` and `WriteFailed` (whose messages are written for
+        users), the type name and a pointer to `--traceback` too.
     """
     lines = str(error).strip().splitlines()
     message = lines[0].strip() if lines else ""
-    if isinstance(error, (UsageError, ValueError)) and message:
+    if isinstance(error, (UsageError, ValueError, WriteFailed)) and message:
         return message
     return (f"{type(error).__name__}: {message} " if message else f"{type(error).__name__} ") + (
         "(keras-kd --traceback ... shows where it happened)")
@@ -316,18 +320,20 @@ def one_line(error):
 # ------------------------------------------------------------------ shared steps
 
 
-def load_model_file(path, what):
+def load_model_file(path, what, allow_distiller=False):
     """Loads a `.keras` file.
 
     Args:
         path: the file.
         what: `"Teacher"` or `"Student"`, for messages.
+        allow_distiller: accept a saved Distiller (export takes its student).
 
     Returns:
         The `keras.Model`.
 
     Raises:
-        UsageError: if the file is missing, a folder or not a Keras model.
+        UsageError: if the file is missing, a folder or not a Keras model, or
+            holds a Distiller while `allow_distiller` is false.
     """
     if not os.path.exists(path):
         raise UsageError(f"{what} file '{path}' does not exist.")
@@ -335,14 +341,22 @@ def load_model_file(path, what):
         raise UsageError(f"{what} file '{path}' is a folder. Pass a file written by model.save('name.keras').")
     import keras
 
+    from keras_kd import _validation
+
     try:
-        return keras.models.load_model(path)
+        model = keras.models.load_model(path)
     except Exception as error:  # noqa: BLE001 - any failure means "not a model"
         raise UsageError(
             f"{what} file '{path}' is not a Keras model ({type(error).__name__}: "
             f"{str(error).splitlines()[0] if str(error) else ''}). Pass a file "
             f"written by model.save('name.keras')."
         ) from error
+    if not allow_distiller and _validation.is_distiller(model):
+        raise UsageError(
+            f"{what} file '{path}' holds a saved Distiller, not a trained model: a Distiller carries "
+            f"its own teacher and outputs its student's predictions. Pass the student it trained "
+            f"(the student.keras keras-kd distill wrote, or distiller.student.save(...)).")
+    return model
 
 
 def load_data_spec(spec):
@@ -387,7 +401,7 @@ def run_export(args):
         raise UsageError(f"--int8-io applies to --quantization int8, not {args.quantization}.")
     check_destination(args.output, args.force, "Export", "folder" if kind == "saved_model" else "file")
 
-    student = load_model_file(args.student, "Student")
+    student = load_model_file(args.student, "Student", allow_distiller=True)
     representative, evaluation = None, None
     if args.representative_data:
         spec = args.representative_data
@@ -464,6 +478,9 @@ def run_distill(args):
         (x_val, y_val), _ = load_data_spec(args.val_data)
     teacher = load_model_file(args.teacher, "Teacher")
     student = load_model_file(args.student, "Student")
+    contents = run_contents(args, (x, y, x_val, y_val))
+    if args.resume:
+        check_same_contents(contents, outputs["backup"])
     check_models(teacher, student, losses["distillation_losses"])
     classes = classes_of(student)
     x, y = datasets.check(x, y, train_spec, classes)
@@ -491,26 +508,29 @@ def run_distill(args):
                                            *cached.as_numpy_iterator())
     train, epoch_callback = epoch_batches(columns, args.batch_size, args.seed)
 
-    start_backup(args, outputs["backup"])
-    callbacks = [
-        keras.callbacks.TerminateOnNaN(),
-        epoch_callback,
-        # The backup is removed below, once the student is written.
-        keras.callbacks.BackupAndRestore(outputs["backup"], double_checkpoint=True,
-                                         delete_checkpoint=False),
-    ]
+    start_backup(args, outputs["backup"], contents)
+    # Each epoch written atomically; removed below, once the student is written.
+    backup = keras_kd.callbacks.EpochBackup(outputs["backup"])
+    callbacks = [keras.callbacks.TerminateOnNaN(), epoch_callback, backup]
     if args.logdir:
         callbacks.append(keras.callbacks.TensorBoard(args.logdir))
     history = distiller.fit(train, validation_data=validation, epochs=args.epochs,
-                            callbacks=callbacks, shuffle=False, verbose=2)
+                            initial_epoch=backup.restore(distiller), callbacks=callbacks,
+                            shuffle=False, verbose=2)
     try:
         check_finite(history, student, args)
     except UsageError:
         _remove(outputs["backup"])  # its last epoch is the non-finite one
         raise
 
-    with atomic_path(outputs["student"], args.force) as partial:
-        student.save(partial)
+    try:
+        with atomic_path(outputs["student"], args.force) as partial:
+            student.save(partial)
+    except OSError as error:
+        kept = "the previous student.keras is unchanged; " if os.path.exists(outputs["student"]) else ""
+        raise WriteFailed(error.errno, f"Cannot write '{outputs['student']}' ({error.strerror or error}): "
+                                       f"{kept}the trained epochs are kept in '{outputs['backup']}'. Free space "
+                                       f"and rerun with --resume --force to write the student.") from error
     print(f"Wrote {outputs['student']}")
     _remove(outputs["backup"])  # the run is saved
     if args.export_tflite:
@@ -581,15 +601,75 @@ def settings(args):
     return values
 
 
-def start_backup(args, backup):
-    """Starts a fresh backup folder holding the run's settings, or keeps the
-    one being resumed."""
+def start_backup(args, backup, contents):
+    """Starts a fresh backup folder holding the run's settings and the
+    digests of its inputs (`run_contents`), or keeps the one being resumed."""
     if args.resume:
         return
     _remove(backup)
     os.makedirs(backup)
     with atomic_path(os.path.join(backup, RUN_RECORD)) as partial, open(partial, "w") as file:
-        json.dump(settings(args), file, indent=1)
+        json.dump({**settings(args), "contents": contents}, file, indent=1)
+
+
+def run_contents(args, data):
+    """SHA-256 digests of what a run learns from: the teacher and student
+    files, the `--config` file and the training and validation arrays.
+
+    A resumed run compares them with the interrupted run's, so a file
+    replaced at the same path is caught (paths alone are in `settings`).
+
+    Args:
+        args: the parsed `distill` arguments.
+        data: `(x, y, x_val, y_val)` as loaded (`None` for a missing part).
+
+    Returns:
+        `{"teacher": hex, "student": hex, "config": hex or None, "data": hex}`.
+    """
+    import hashlib
+
+    def file_digest(path):
+        if not path:
+            return None
+        digest = hashlib.sha256()
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    arrays = hashlib.sha256()
+    for array in data:
+        array = None if array is None else np.ascontiguousarray(array)
+        arrays.update(repr(None if array is None else (array.dtype.str, array.shape)).encode())
+        if array is not None:
+            arrays.update(array.tobytes())
+    return {"teacher": file_digest(args.teacher), "student": file_digest(args.student),
+            "config": file_digest(args.config), "data": arrays.hexdigest()}
+
+
+def check_same_contents(contents, backup):
+    """Raises UsageError if a resumed run's inputs differ by content from the
+    interrupted run's (a teacher replaced at the same path, other data).
+
+    Args:
+        contents: this run's `run_contents`.
+        backup: the interrupted run's backup folder.
+    """
+    with open(os.path.join(backup, RUN_RECORD)) as file:
+        before = json.load(file).get("contents")
+    if before is None:
+        raise UsageError(f"--resume: the interrupted run's record in '{backup}' holds no digests of its "
+                         f"teacher, student and data, so resuming could mix two runs. Pass --force "
+                         f"instead of --resume to start over.")
+    names = {"teacher": "the --teacher file", "student": "the --student file",
+             "config": "the --config file", "data": "the --data/--val-data arrays"}
+    changed = [name for name in names if before.get(name) != contents[name]]
+    if changed:
+        raise UsageError(
+            f"--resume: {' and '.join(names[n] for n in changed)} changed since the run was interrupted "
+            f"(same path, other content: SHA-256 {before.get(changed[0])!s:.12} then, "
+            f"{contents[changed[0]]!s:.12} now), so the resumed epochs would learn from other inputs. "
+            f"Restore the interrupted run's files, or pass --force instead of --resume to start over.")
 
 
 def check_same_settings(args, backup):

@@ -278,7 +278,8 @@ def _check_labels(y, name, classes):
 def tfds(name, split="train"):
     """A tensorflow-datasets split as NumPy `(x, y)` (supervised keys).
 
-    Images are scaled to [0, 1]. Downloads on first use, like `tfds.load`.
+    Images are scaled to [0, 1]. Read from the local tensorflow-datasets
+    folder, else downloaded (like `tfds.load`) after a quick network check.
 
     Args:
         name: the data set's name, e.g. `"mnist"`.
@@ -289,13 +290,43 @@ def tfds(name, split="train"):
     """
     import tensorflow_datasets
 
-    dataset = tensorflow_datasets.load(name, split=split, as_supervised=True)
+    try:  # what is already in the local tensorflow-datasets folder
+        dataset = tensorflow_datasets.load(name, split=split, as_supervised=True, download=False)
+    except AssertionError:  # tfds's "could not find data in ...": a download is needed
+        check_online(name)
+        dataset = tensorflow_datasets.load(name, split=split, as_supervised=True)
     batches = list(dataset.batch(1024).as_numpy_iterator())
     x = np.concatenate([b[0] for b in batches]).astype("float32")
     y = np.concatenate([b[1] for b in batches])
     if x.max() > 1.0:
         x = x / 255.0
     return x, y.astype("int32")
+
+
+DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+"""Where tensorflow-datasets downloads from first: reached once, quickly,
+before a download, so that an offline machine fails at once."""
+
+
+def check_online(name):
+    """Raises `ValueError` at once if the host tfds downloads from cannot be reached.
+
+    Without it, an offline `tfds.load` retries each download for minutes.
+
+    Args:
+        name: the data set's name, for the message.
+    """
+    import socket
+
+    try:
+        socket.create_connection(DOWNLOAD_HOST, timeout=5).close()
+    except OSError as error:
+        raise ValueError(
+            f"Data set '{name}' is not in the local tensorflow-datasets folder and cannot be "
+            f"downloaded: no network connection ({DOWNLOAD_HOST[0]}: {error}). Run tfds.load('{name}') "
+            f"once on a machine with network and copy ~/tensorflow_datasets here (or set TFDS_DATA_DIR), "
+            f"or pass npz:PATH."
+        ) from error
 
 
 SPECS = "mnist1d, digits, npz:PATH or tfds:NAME[:SPLIT]"

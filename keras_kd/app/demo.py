@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 
 from keras_kd import augment
+from keras_kd._files import check_output_folder
 from keras_kd.app import datasets, report
 from keras_kd.distiller import Distiller
 from keras_kd.export import export_student, save_for_inference
@@ -201,7 +202,11 @@ def recipe_settings(labelled, unlabelled=0):
     return {"augmentation": "none" if plentiful else "shift + CutMix", "temperature": 1.0}
 
 
-def run(output=None, quick=False, epochs=None, seed=0):
+FILES = ("teacher.keras", "student_alone.keras", "student.keras", "student.tflite", "report.html")
+"""The files `run` writes in its output folder."""
+
+
+def run(output=None, quick=False, epochs=None, seed=0, force=False):
     """Trains the three models, prints the table and writes the files.
 
     Args:
@@ -215,12 +220,19 @@ def run(output=None, quick=False, epochs=None, seed=0):
             its accuracies are not results.
         epochs: epochs per model; defaults to the recipe's.
         seed: random seed.
+        force: replace the files of `FILES` already in `output`; without
+            it they are refused before anything is trained.
 
     Returns:
         The table's rows, one dict per model.
+
+    Raises:
+        ValueError: if `output` is a file or cannot be written, or holds
+            files of `FILES` while `force` is false.
     """
     epochs = epochs or (QUICK_EPOCHS if quick else EPOCHS)
     output = output or (QUICK_OUTPUT if quick else OUTPUT)
+    check_output_folder(output, FILES, force, "Demo output folder")
     (x_train, y_train), (x_test, y_test) = datasets.mnist1d()
     if quick:
         x_train, y_train = x_train[:QUICK_SAMPLES], y_train[:QUICK_SAMPLES]
@@ -234,7 +246,7 @@ def run(output=None, quick=False, epochs=None, seed=0):
 
     def record(name, model, file_name, seconds):
         path = os.path.join(output, file_name)
-        save_for_inference(model, path)
+        save_for_inference(model, path, force)
         rows.append(
             {
                 "model": name,
@@ -275,7 +287,7 @@ def run(output=None, quick=False, epochs=None, seed=0):
     exported = export_student(
         student, os.path.join(output, "student.tflite"), quantization="int8",
         representative_data=x_train, evaluation_data=(x_test, y_test),
-        force=True,  # the demo rewrites its own folder, as it does its .keras files
+        force=force,
     )
     rows.append(
         {
@@ -293,7 +305,7 @@ def run(output=None, quick=False, epochs=None, seed=0):
                 f"not results. Run `keras-kd demo` without --quick for the comparison.")
     report.write(
         os.path.join(output, "report.html"), rows, table_cells(rows), y_test,
-        probabilities(teacher, x_test), probabilities(student, x_test), note,
+        probabilities(teacher, x_test), probabilities(student, x_test), note, force,
     )
     print()
     print(format_table(rows))

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_kd._files import atomic_path, check_output_folder
 from keras_kd.app import datasets
 from keras_kd.app.demo import text_table
 from keras_kd.distiller import Distiller
@@ -502,7 +503,16 @@ def load_splits(quick=False, sequence_length=SEQUENCE_LENGTH):
     return tuple(pieces(["\n\n".join(split)], sequence_length) for split in splits)
 
 
-def run(output=None, quick=False, seed=0, all_rows=False):
+def output_files(all_rows=False):
+    """The files `run` writes in its output folder."""
+    names = ["teacher.keras", "student_alone.keras", "student_keras_distillation.keras", "student.keras"]
+    if all_rows:
+        names += [f"student_top{k}.keras" for k in TOP_K] + [f"student_{k}draw.keras" for k in SAMPLED_K]
+        names += ["student_sequence_level.keras", "student_on_policy.keras"]
+    return names
+
+
+def run(output=None, quick=False, seed=0, all_rows=False, force=False):
     """Trains the teacher and the students, prints the table and writes the files.
 
     Rows: the teacher (next-token labels, `DEMO_TEACHER_EPOCHS` epochs);
@@ -527,12 +537,19 @@ def run(output=None, quick=False, seed=0, all_rows=False):
         seed: random seed of the weights and of the batch order.
         all_rows: add the offline (top-K cache), sequence-level and
             on-policy rows (about 16 more minutes on 2 cores).
+        force: replace the files of `output_files` already in `output`;
+            without it they are refused before anything is trained.
 
     Returns:
         The table's rows, one dict per model: `model`, `bits_per_byte`,
         `parameters`, `seconds`.
+
+    Raises:
+        ValueError: if `output` is a file or cannot be written, or holds
+            files of `output_files` while `force` is false.
     """
     output = output or (QUICK_OUTPUT if quick else OUTPUT)
+    check_output_folder(output, output_files(all_rows), force, "Demo output folder")
     teacher_epochs, student_epochs = (QUICK_EPOCHS, QUICK_EPOCHS) if quick else (
         DEMO_TEACHER_EPOCHS, STUDENT_EPOCHS)
     train, _, test = load_splits(quick)
@@ -556,7 +573,7 @@ def run(output=None, quick=False, seed=0, all_rows=False):
 
     def record(name, model, file_name, start):
         seconds = time.perf_counter() - start
-        save_with_preprocessor(model, preprocess, os.path.join(output, file_name))
+        save_with_preprocessor(model, preprocess, os.path.join(output, file_name), force)
         rows.append({"model": name, "bits_per_byte": bits_per_byte(model, test_data),
                      "parameters": model.count_params(), "seconds": seconds})
 
@@ -623,11 +640,13 @@ def epochs(count):
     return f"{count} epoch" + ("" if count == 1 else "s")
 
 
-def save_with_preprocessor(model, preprocess, path):
-    """Saves an LM's weights with the preprocessor, ready for `generate()`."""
+def save_with_preprocessor(model, preprocess, path, force=False):
+    """Saves an LM's weights with the preprocessor, ready for `generate()`
+    (atomically; an existing file only with `force`)."""
     import keras_hub
 
-    keras_hub.models.GPT2CausalLM(backbone=model.backbone, preprocessor=preprocess).save(path)
+    with atomic_path(path, force) as partial:
+        keras_hub.models.GPT2CausalLM(backbone=model.backbone, preprocessor=preprocess).save(partial)
 
 
 def format_table(rows):

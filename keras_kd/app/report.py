@@ -268,8 +268,9 @@ def html_page(title, table, sections, note=None):
     return "\n".join(parts)
 
 
-def write(path, rows, table, labels, teacher_probabilities, student_probabilities, note=None):
-    """Writes the demo's `report.html` (atomically, replacing a previous one).
+def write(path, rows, table, labels, teacher_probabilities, student_probabilities, note=None,
+          force=False):
+    """Writes the demo's `report.html` (atomically; a previous one only with `force`).
 
     Args:
         path: the HTML file to write.
@@ -279,6 +280,7 @@ def write(path, rows, table, labels, teacher_probabilities, student_probabilitie
         teacher_probabilities: `(samples, classes)` the teacher's test predictions.
         student_probabilities: `(samples, classes)` the distilled student's.
         note: an optional paragraph under the table.
+        force: replace an existing file at `path` (else `ValueError`).
 
     Returns:
         The ECE per model, `{"teacher": ..., "student, distilled": ...}`.
@@ -311,8 +313,7 @@ def write(path, rows, table, labels, teacher_probabilities, student_probabilitie
          png(agreement_figure(agreement))),
     ]
     page = html_page("keras-kd demo", table, sections, note)
-    # The demo rewrites its own folder, as it does its models.
-    with atomic_path(path, force=True) as partial:
+    with atomic_path(path, force) as partial:
         with open(partial, "w", encoding="utf-8") as file:
             file.write(page)
     return ece

@@ -20,7 +20,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_kd import lm
-from keras_kd._validation import as_float, check_flag, check_number
+from keras_kd._validation import as_float, check_flag, check_number, check_temperature
 from keras_kd.losses import divergences
 from keras_kd.losses._fused_kl import (  # noqa: F401 - _chunked_positions, _forward_kl_values: re-exported for tests/test_lm.py
     _chunked_positions,
@@ -221,9 +221,7 @@ class LogitsDistillation(DistillationLoss):
     schedulable = ("temperature",)
 
     def __init__(self, temperature=3.0, loss="kl_divergence", standardize=False, name=None):
-        self.temperature = check_number(
-            temperature, "temperature", minimum=0.0, strict=True
-        )
+        self.temperature = check_temperature(temperature)
         self.standardize = check_flag(standardize, "standardize")
         self.loss = loss
         self._terms = self._resolve(loss)
@@ -775,7 +773,7 @@ class MLKD(DistillationLoss):
                 f"temperatures=(2.0, 3.0, 4.0, 5.0, 6.0)."
             )
         self.temperatures = tuple(
-            check_number(t, f"temperatures[{i}]", minimum=0.0, strict=True)
+            check_temperature(t, f"temperatures[{i}]")
             for i, t in enumerate(temperatures)
         )
         if name:
