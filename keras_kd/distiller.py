@@ -77,7 +77,8 @@ class Distiller(keras.Model):
             teacher, shares weights with one or has nothing to train, a
             weight is not finite or out of range, the number of weights
             differs from the number of losses, a loss is incompatible with
-            the models or does not return a scalar.
+            the models or does not return a scalar, or teacher and student
+            tokenizers map a token id to different tokens.
 
     Example:
 
