@@ -5,7 +5,10 @@ Each function takes log-probabilities `log_p` (teacher) and `log_q`
 value per position (the class axis summed), or one value for the batch where
 the method relates the samples of a batch to each other (DIST). Nothing is
 softened, scaled by T², masked or averaged here: the loss classes of
-`keras_kd.losses.logits` do that once, in `LogitsDistillation.divergence`.
+`keras_kd.losses.logits` do that once (`softened`, `masked_mean`). The
+exceptions say so: `logits_mse` compares raw logits, and `mlkd` takes logits
+because it softens them at several temperatures (its instance term carries
+its own T²).
 All math is `keras.ops` in float32, in log space (no clipping).
 
 Example:
