@@ -1,6 +1,8 @@
 """keras_kd: correct, fast knowledge distillation for Keras 3 on TensorFlow."""
 
-from keras_kd import augment, callbacks, connectors, losses, metrics
+# `_backend` is imported first: it refuses a backend other than TensorFlow before
+# anything imports Keras (which fails first under a jax or torch not installed).
+from keras_kd import _backend, augment, callbacks, connectors, losses, metrics  # noqa: F401
 from keras_kd._version import __version__
 from keras_kd.cache import cache_teacher_outputs
 from keras_kd.calibration import calibrate

@@ -6,6 +6,7 @@ file to change.
 """
 
 import contextlib
+import tempfile
 
 import keras
 import tensorflow as tf
@@ -219,7 +220,9 @@ __all__ = [
     "compile_loss",
     "compile_metrics",
     "defined_by_keras",
+    "export_litert",
     "in_multi_worker_mode",
+    "keras_version",
     "keras_history",
     "keras_mask",
     "litert_operations",
@@ -229,3 +232,46 @@ __all__ = [
     "replaced_calls",
     "step_results",
 ]
+
+
+def keras_version():
+    """`(major, minor)` of the installed Keras, e.g. `(3, 15)`."""
+    major, minor = keras.version().split(".")[:2]
+    return int(major), int(minor)
+
+
+def export_litert(model, path, **converter_options):
+    """Writes a model as a LiteRT (`.tflite`) file.
+
+    Keras 3.13 added `model.export(path, format="litert", **converter_options)`.
+    Keras 3.12 has no LiteRT format, so there the route Keras 3.13-3.15 takes
+    is taken here with public API: the SavedModel of `format="tf_saved_model"`
+    (a `serve` endpoint called with `training=False`) converted by
+    `tf.lite.TFLiteConverter.from_saved_model`, with Keras 3.15's converter
+    settings (builtin and select TF operations, resource variables) and then
+    `converter_options` (attributes of the converter; `target_spec` a dict).
+
+    Args:
+        model: the Keras model.
+        path: the `.tflite` file to write.
+        **converter_options: e.g. `optimizations`, `representative_dataset`,
+            `target_spec={"supported_types": [tf.float16]}`.
+    """
+    if keras_version() >= (3, 13):
+        model.export(path, format="litert", verbose=False, **converter_options)
+        return
+    with tempfile.TemporaryDirectory() as saved_model:
+        model.export(saved_model, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+        converter.experimental_enable_resource_variables = True
+        for name, value in converter_options.items():
+            if name == "target_spec":
+                for spec_name, spec_value in value.items():
+                    setattr(converter.target_spec, spec_name, spec_value)
+            else:
+                setattr(converter, name, value)
+        flatbuffer = converter.convert()
+    with open(path, "wb") as file:
+        file.write(flatbuffer)

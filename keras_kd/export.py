@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_kd import _keras_compat, _validation, lm
+from keras_kd import _extras, _keras_compat, _validation, lm
 from keras_kd._files import atomic_path, check_destination
 
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
@@ -93,6 +93,8 @@ def export_student(
             (the file would not run on an integer-only accelerator; nothing
             is written).
         RuntimeError: if the converter cannot lower the student.
+        ModuleNotFoundError: for a `.tflite` path without the 'export'
+            extra (`pip install "keras-kd[export]"`), before converting.
 
     Example:
 
@@ -108,6 +110,8 @@ def export_student(
     path = os.fspath(path)
     kind = _format_of(path)
     _check_arguments(kind, quantization, representative_data)
+    if kind == "tflite":
+        _litert_interpreter("keras_kd.export_student")  # before converting, not after
     _input_structure(student)  # refuses inputs it cannot match by name, before converting
     check_destination(path, force, "Export", "folder" if kind == "saved_model" else "file")
 
@@ -183,6 +187,8 @@ def parity_report(path, student, sample_inputs=None, evaluation_data=None):
             (dict keys), if float values that are not whole numbers go to an
             integer input, or if a `sample_weight` or label does not fit the
             output's shape.
+        ModuleNotFoundError: for a `.tflite` file without the 'export'
+            extra (`pip install "keras-kd[export]"`).
 
     Example:
 
@@ -196,6 +202,8 @@ def parity_report(path, student, sample_inputs=None, evaluation_data=None):
             "parity_report() compares the file with the student on inputs, but "
             "sample_inputs and evaluation_data are both None. Pass one of them."
         )
+    if _format_of(os.fspath(path)) == "tflite":
+        _litert_interpreter("keras_kd.export.parity_report")
     predict = load_predictor(path)
     compared = _compare(predict, student, evaluation_data if sample_inputs is None else sample_inputs)
     if compared["weight"] == 0:
@@ -233,6 +241,8 @@ def load_predictor(path):
     Raises:
         ValueError: (from the returned function) if a dict's keys are not the
             file's input names, or a `.tflite` file has several outputs.
+        ModuleNotFoundError: for a `.tflite` file without the 'export'
+            extra (`pip install "keras-kd[export]"`).
 
     Example:
 
@@ -361,7 +371,7 @@ def _write_tflite(student, path, quantization, representative_data, int8_io):
             options["inference_input_type"] = tf.int8
             options["inference_output_type"] = tf.int8
     try:
-        student.export(path, format="litert", verbose=False, **options)
+        _keras_compat.export_litert(student, path, **options)
     except Exception as error:  # noqa: BLE001 - the converter raises many kinds
         raise RuntimeError(
             f"The TFLite converter could not lower the student "
@@ -609,8 +619,7 @@ def _compare(predict, student, data):
 
 def _float_operations(path):
     """`{operation: count}` of the file's operations that compute in float32."""
-    from ai_edge_litert.interpreter import Interpreter
-
+    Interpreter = _litert_interpreter("keras_kd.export_student")
     counts = collections.Counter(
         name
         for name, inputs, outputs in _keras_compat.litert_operations(Interpreter(model_path=path))
@@ -629,9 +638,13 @@ def _not_integer_only(student, float_operations):
     )
 
 
-def _litert_predictor(path):
-    from ai_edge_litert.interpreter import Interpreter
+def _litert_interpreter(feature):
+    """The LiteRT `Interpreter` class, or one line naming the 'export' extra."""
+    return _extras.require("ai_edge_litert.interpreter", feature, "export").Interpreter
 
+
+def _litert_predictor(path):
+    Interpreter = _litert_interpreter("keras_kd.export.load_predictor")
     interpreter = Interpreter(model_path=path)
     runner = interpreter.get_signature_runner()
     inputs = runner.get_input_details()

@@ -5,8 +5,11 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from keras_kd._keras_compat import keras_version  # noqa: E402
 
 # Must run before TensorFlow initializes its devices, i.e. before any test.
 _cpu = tf.config.list_physical_devices("CPU")[0]
@@ -33,3 +36,33 @@ def _seeded():
     keras.config.set_dtype_policy("float32")
     yield
     keras.config.set_dtype_policy("float32")
+
+
+if keras_version() < (3, 13):
+    # Keras 3.13 made `train_on_batch`/`test_on_batch` reset the metrics first and
+    # every `return_dict=True` a dict of Python floats (`pythonify_logs`); Keras 3.12
+    # accumulates metrics across *_on_batch calls and returns a custom step's logs as
+    # tensors. The tests are written for 3.13+; on 3.12 (`.ci/oldest`) this gives them
+    # the same view of the same values. Nothing keras_kd computes is changed.
+    def _floats(logs):
+        return {name: float(np.asarray(value)) for name, value in logs.items()}
+
+    @pytest.fixture(autouse=True)
+    def _keras_3_13_logs(monkeypatch):
+        evaluate, train_on_batch, test_on_batch = (
+            keras.Model.evaluate, keras.Model.train_on_batch, keras.Model.test_on_batch)
+
+        def evaluate_(self, *args, **kwargs):
+            logs = evaluate(self, *args, **kwargs)
+            return _floats(logs) if kwargs.get("return_dict") else logs
+
+        def on_batch(method):
+            def call(self, *args, **kwargs):
+                self.reset_metrics()
+                logs = method(self, *args, **kwargs)
+                return _floats(logs) if kwargs.get("return_dict") else logs
+            return call
+
+        monkeypatch.setattr(keras.Model, "evaluate", evaluate_)
+        monkeypatch.setattr(keras.Model, "train_on_batch", on_batch(train_on_batch))
+        monkeypatch.setattr(keras.Model, "test_on_batch", on_batch(test_on_batch))

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 from keras_kd import losses
+from keras_kd._extras import MissingExtraError
 from keras_kd._files import WriteFailed, atomic_path, check_destination
 from keras_kd._version import __version__
 from keras_kd.app import datasets
@@ -311,7 +312,7 @@ def one_line(error):
     """
     lines = str(error).strip().splitlines()
     message = lines[0].strip() if lines else ""
-    if isinstance(error, (UsageError, ValueError, WriteFailed)) and message:
+    if isinstance(error, (UsageError, ValueError, WriteFailed, MissingExtraError)) and message:
         return message
     return (f"{type(error).__name__}: {message} " if message else f"{type(error).__name__} ") + (
         "(keras-kd --traceback ... shows where it happened)")

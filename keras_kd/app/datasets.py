@@ -8,6 +8,8 @@ import zlib
 
 import numpy as np
 
+from keras_kd import _extras
+
 
 def mnist1d(seed=42, samples=5000):
     """MNIST-1D, generated locally by the `mnist1d` package (no download).
@@ -33,7 +35,8 @@ def mnist1d(seed=42, samples=5000):
         Greydanus & Kobak, "Scaling Down Deep Learning with MNIST-1D",
         ICML 2024, arXiv:2011.14439.
     """
-    from mnist1d.data import get_dataset_args, make_dataset
+    mnist1d_data = _extras.require("mnist1d.data", "MNIST-1D data (keras_kd.app.datasets.mnist1d)", "demo")
+    get_dataset_args, make_dataset = mnist1d_data.get_dataset_args, mnist1d_data.make_dataset
 
     args = get_dataset_args()
     args.seed = seed
@@ -143,9 +146,9 @@ def digits(seed=0):
         `((x_train, y_train), (x_test, y_test))`, `x` float32 of shape
         `(n, 8, 8, 1)` scaled to [0, 1], `y` int32 class ids 0-9.
     """
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
+    sklearn_datasets = _extras.require(
+        "sklearn.datasets", "The digits data (keras_kd.app.datasets.digits)", "demo")
+    data = sklearn_datasets.load_digits()
     x = (data.images / 16.0).astype("float32")[..., None]
     y = data.target.astype("int32")
     (x_train, y_train), (x_test, y_test) = split_validation(x, y, 0.2, seed)
@@ -288,8 +291,8 @@ def tfds(name, split="train"):
     Returns:
         `(x, y)` NumPy arrays.
     """
-    import tensorflow_datasets
-
+    tensorflow_datasets = _extras.require(
+        "tensorflow_datasets", "tfds:NAME data (keras_kd.app.datasets.tfds)", "tfds")
     try:  # what is already in the local tensorflow-datasets folder
         dataset = tensorflow_datasets.load(name, split=split, as_supervised=True, download=False)
     except AssertionError:  # tfds's "could not find data in ...": a download is needed

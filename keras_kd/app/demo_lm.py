@@ -17,11 +17,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_kd import _extras
 from keras_kd._files import atomic_path, check_output_folder
 from keras_kd.app import datasets
 from keras_kd.app.demo import text_table
 from keras_kd.distiller import Distiller
 from keras_kd.losses.logits import LogitsDistillation
+
+# KerasHub (the demo's tokenizer and GPT-2 models) comes with the 'demo' extra.
+keras_hub = _extras.require("keras_hub", "keras-kd demo lm (keras_kd.app.demo_lm)", "demo")
 
 OUTPUT = "kd_output_lm"
 QUICK_OUTPUT = "kd_output_lm_quick"  # never over a full run's files
@@ -82,7 +86,6 @@ def tokenizer():
     keras_kd.app.demo_lm.tokenizer()("héllo")  # [71, 127, 102, 75, 75, 78]: 6 bytes
     ```
     """
-    import keras_hub
     from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
 
     _, symbols = bytes_to_unicode()
@@ -110,8 +113,6 @@ def preprocessor(sequence_length=SEQUENCE_LENGTH):
     Returns:
         A `keras_hub.models.GPT2CausalLMPreprocessor`.
     """
-    import keras_hub
-
     return keras_hub.models.GPT2CausalLMPreprocessor(
         tokenizer=tokenizer(), sequence_length=sequence_length, add_end_token=False)
 
@@ -305,8 +306,6 @@ def on_policy_data(student, texts, preprocess, fraction, seed=0):
     """On-policy (GKD) batches: a `fraction` of each batch's prompts
     continued by the current `student` (sampled at temperature 1), the rest
     by the given text; see `keras_kd.lm.OnPolicyBatches`."""
-    import keras_hub
-
     from keras_kd import lm
 
     prompts, continuations = prompts_and_continuations(texts)
@@ -330,8 +329,6 @@ def language_model(config, name, vocabulary_size=258, sequence_length=SEQUENCE_L
         `{"token_ids", "padding_mask"}` and returns logits of shape
         `(batch, sequence, vocabulary_size)`.
     """
-    import keras_hub
-
     backbone = keras_hub.models.GPT2Backbone(
         vocabulary_size=vocabulary_size, max_sequence_length=sequence_length, dropout=0.0, **config)
     return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None, name=name)
@@ -643,8 +640,6 @@ def epochs(count):
 def save_with_preprocessor(model, preprocess, path, force=False):
     """Saves an LM's weights with the preprocessor, ready for `generate()`
     (atomically; an existing file only with `force`)."""
-    import keras_hub
-
     with atomic_path(path, force) as partial:
         keras_hub.models.GPT2CausalLM(backbone=model.backbone, preprocessor=preprocess).save(partial)
 

@@ -11,10 +11,14 @@ import io
 import itertools
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
+from keras_kd import _extras
 from keras_kd._files import atomic_path
+
+# matplotlib comes with the 'demo' extra.
+_FEATURE = "The report of keras-kd demo (keras_kd.app.report)"
+FigureCanvasAgg = _extras.require("matplotlib.backends.backend_agg", _FEATURE, "demo").FigureCanvasAgg
+Figure = _extras.require("matplotlib.figure", _FEATURE, "demo").Figure
 
 BINS = 15
 """Equal-width confidence bins of the reliability diagram (Guo et al. use 15)."""
