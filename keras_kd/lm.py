@@ -176,7 +176,10 @@ def preprocess_text(student, x, y=None, sample_weight=None, batch_size=None):
 
     Args:
         student: the student model.
-        x, y, sample_weight, batch_size: as given to `fit`/`evaluate`.
+        x: the inputs given to `fit`/`evaluate`.
+        y: the labels given to `fit`/`evaluate`.
+        sample_weight: the sample weights given to `fit`/`evaluate`.
+        batch_size: the batch size given to `fit`/`evaluate`.
 
     Returns:
         `(x, y, sample_weight, batch_size)`: unchanged without text, else
