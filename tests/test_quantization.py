@@ -271,3 +271,32 @@ def test_export_before_training_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"3 range\(s\) were never set .*has not trained a step"):
         keras_kd.export_student(model, tmp_path / "s.tflite", quantization="int8")
     assert not os.path.exists(tmp_path / "s.tflite")
+
+
+@pytest.mark.slow
+def test_cli_distills_quantization_aware_and_exports_without_calibration_data(tmp_path, capsys):
+    from keras_kd.app import cli, datasets, demo
+
+    (x, y), _ = datasets.mnist1d()
+    teacher = demo.teacher_model()
+    teacher.compile("adam", demo.hard_label_loss())
+    teacher.fit(x, y, batch_size=256, epochs=1, verbose=0)
+    teacher.save(tmp_path / "teacher.keras")
+    demo.student_model().save(tmp_path / "student.keras")
+    code = cli.main([
+        "distill", "--teacher", str(tmp_path / "teacher.keras"),
+        "--student", str(tmp_path / "student.keras"), "--data", "mnist1d", "--epochs", "1",
+        "--batch-size", "256", "--output", str(tmp_path / "out"), "--quantization-aware"])
+    assert code == 0
+    trained = tmp_path / "out" / "student.keras"
+    assert quantization.is_quantization_aware(keras.models.load_model(trained))
+    capsys.readouterr()
+    code = cli.main(["export", str(trained), str(tmp_path / "s.tflite"), "--quantization", "int8"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "quantization            int8" in out and "float32 operations left" in out
+    assert (tmp_path / "s.tflite").exists()
+    # A float student still needs calibration data, and says a QAT student would not.
+    assert cli.main(["export", str(tmp_path / "student.keras"), str(tmp_path / "f.tflite"),
+                     "--quantization", "int8"]) != 0
+    assert "--quantization-aware needs none either" in capsys.readouterr().err
