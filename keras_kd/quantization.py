@@ -371,8 +371,14 @@ class QuantizedLayer(keras.layers.Layer):
         return kernel, shift
 
     def quantized_kernel(self):
-        """The folded kernel rounded to symmetric int8, per channel or per tensor."""
+        """The folded kernel rounded to symmetric int8, per channel or per tensor.
+
+        A 1-D convolution's kernel comes out with a leading axis of 1, the
+        2-D kernel TensorFlow and LiteRT run it with.
+        """
         kernel, _ = self.folded()
+        if self._kind.endswith("1D"):
+            kernel = kernel[None]
         if self._kind == "Dense":
             bound = tf.stop_gradient(tf.maximum(tf.reduce_max(tf.abs(kernel)), 1e-8))
             return _fake_quant(kernel, -bound, bound, narrow_range=True)
@@ -393,21 +399,31 @@ class QuantizedLayer(keras.layers.Layer):
         _, bias = self.folded()
         if self._kind == "Dense":
             outputs = keras.ops.matmul(inputs, kernel)
-        elif self._kind.startswith("Depthwise"):
-            outputs = keras.ops.depthwise_conv(
-                inputs, kernel, strides=layer.strides, padding=layer.padding,
-                data_format=layer.data_format, dilation_rate=layer.dilation_rate)
         else:
-            outputs = keras.ops.conv(
-                inputs, kernel, strides=layer.strides, padding=layer.padding,
-                data_format=layer.data_format, dilation_rate=layer.dilation_rate)
+            strides, dilation = tuple(layer.strides), tuple(layer.dilation_rate)
+            one_d = self._kind.endswith("1D")
+            if one_d:
+                # TensorFlow runs a 1-D convolution as a 2-D one on expanded
+                # tensors; expanding here, before the rounding, keeps the
+                # per-channel axis where the converter looks for it.
+                # The squeeze comes after the output rounding, so that the
+                # convolution's own output carries the int8 range.
+                inputs = keras.ops.expand_dims(inputs, 1)
+                strides, dilation = (1, *strides), (1, *dilation)
+            convolve = (keras.ops.depthwise_conv if self._kind.startswith("Depthwise")
+                        else keras.ops.conv)
+            outputs = convolve(inputs, kernel, strides=strides, padding=layer.padding,
+                               data_format=layer.data_format, dilation_rate=dilation)
         if bias is not None:
             outputs = outputs + tf.reshape(bias, (-1,))
         if self.activation == "relu":
             outputs = tf.nn.relu(outputs)
         elif self.activation == "relu6":
             outputs = tf.nn.relu6(outputs)
-        return self.output_quantizer(outputs, training=training)
+        outputs = self.output_quantizer(outputs, training=training)
+        if self._kind.endswith("1D"):
+            outputs = keras.ops.squeeze(outputs, 1)
+        return outputs
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
