@@ -99,6 +99,23 @@ def test_nested_model_simulation_equals_the_litert_file(tmp_path):
     assert_file_reproduces(model, x[200:], tmp_path, max_steps=2.0)
 
 
+@pytest.mark.slow
+def test_conv1d_student_simulation_equals_the_litert_file(tmp_path):
+    inputs = keras.Input((40, 1), name="signal")
+    x = keras.layers.Conv1D(8, 5, padding="same", use_bias=False, name="stem")(inputs)
+    x = keras.layers.Activation("hard_swish")(keras.layers.BatchNormalization()(x))
+    y = keras.layers.DepthwiseConv1D(5, padding="same", use_bias=False, name="dw")(x)
+    y = keras.layers.Conv1D(8, 1, activation="relu6", name="project")(y)
+    x = keras.layers.GlobalAveragePooling1D()(keras.layers.Add()([x, y]))
+    model = quantization.quantization_aware(
+        keras.Model(inputs, keras.layers.Dense(10, name="logits")(x)))
+    signals = np.random.default_rng(0).normal(size=(400, 40, 1)).astype("float32")
+    train_a_little(model, signals[:200], 10)
+    # As in the nested model, LiteRT's kernels round on their own; the 1-D
+    # convolutions run as 2-D ones with the same int8 parameters.
+    assert_file_reproduces(model, signals[200:], tmp_path, max_steps=2.0)
+
+
 def test_batch_normalization_is_folded_as_the_converter_folds_it():
     student = small_cnn()
     rng = np.random.default_rng(0)
