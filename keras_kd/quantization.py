@@ -72,15 +72,14 @@ _PASS_THROUGH = (
     "Identity", "GaussianNoise", "GaussianDropout", "AlphaDropout",
     "ActivityRegularization",
 )
-# Layers and Keras operations (`x + 3.0` in a Functional graph) that LiteRT
-# computes in int8 with a new output scale.
+# Layers, and Keras operations of the same names (`x + 3.0`, `x * (1 / 6)` in
+# a Functional graph, as in MobileNetV3's hard-sigmoid), that LiteRT computes
+# in int8 with a new output scale.
 _REQUANTIZED = (
     "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
     "GlobalAveragePooling1D", "GlobalAveragePooling2D", "AveragePooling1D",
     "AveragePooling2D", "Rescaling", "BatchNormalization", "ReLU", "LeakyReLU",
     "Activation", "Softmax", "UpSampling1D", "UpSampling2D",
-    # keras.ops applied to symbolic tensors (keras.src.ops.numpy classes)
-    "Divide", "TrueDivide", "Negative", "Mean", "Concatenate",
 )
 _ACTIVATIONS = ("linear", "relu", "relu6", "hard_silu", "hard_sigmoid", "sigmoid",
                 "softmax", "tanh", "leaky_relu", "silu", "gelu", "elu")
