@@ -10,6 +10,7 @@ from keras_kd.distiller import Distiller
 from keras_kd.export import export_student
 from keras_kd.losses import DistillationLoss, FeatureDistillation, LogitsDistillation
 from keras_kd.plan import FeaturePlan, plan_features
+from keras_kd.quantization import quantization_aware
 from keras_kd.taps import FINAL_OUTPUT
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "connectors",
     "losses",
     "plan_features",
+    "quantization_aware",
     "metrics",
 ]
 

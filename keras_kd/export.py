@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_kd import _extras, _keras_compat, _validation, lm
+from keras_kd import quantization as qat
 from keras_kd._files import atomic_path, check_destination
 
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
@@ -48,7 +49,9 @@ def export_student(
             SavedModel folder.
         quantization: for `.tflite` only: `None` (float32), `"float16"`,
             `"dynamic"` (dynamic-range int8 weights) or `"int8"` (full
-            integer, calibrated on `representative_data`). Integer inputs
+            integer, calibrated on `representative_data`; for a student
+            made by `keras_kd.quantization_aware`, from its trained ranges,
+            without calibration). Integer inputs
             such as token ids stay int32 in an int8 file: the converter
             quantizes float tensors only (an embedding table becomes int8,
             the ids that index it do not).
@@ -56,6 +59,8 @@ def export_student(
             (of inputs, `(x, y)` or `(x, y, sample_weight)`, batched or not),
             an array or dict of arrays, or a generator (or a function
             returning one) of input batches. Up to 200 samples are used.
+            A quantization-aware student needs none (its int8 ranges are
+            the trained ones); given, it only supplies parity inputs.
         sample_inputs: inputs to compare the exported model with the Keras
             student on (see `parity_report`); defaults to the inputs of
             `evaluation_data`, else the first 200 samples of
@@ -76,7 +81,9 @@ def export_student(
         Distiller was given), `float_operations` for int8 files (see
         below), and with inputs to compare on, the entries of
         `parity_report`: `max_abs_difference`, `top1_agreement`, and with
-        evaluation data `accuracy_exported`, `accuracy_keras`.
+        evaluation data `accuracy_exported`, `accuracy_keras`; for the
+        `.tflite` file of a quantization-aware student, the step entries of
+        `parity_report`.
         `float_operations` counts the operations of an int8 file that still
         compute in float32, by operation type (`{}` for a fully integer
         file; QUANTIZE/DEQUANTIZE at the edges of int8 regions are not
@@ -88,7 +95,8 @@ def export_student(
             a non-`.tflite` path, `"int8"` without representative data, a
             student with a list of several inputs or dict keys unlike its
             input names, a `path` that exists (without `force`) or cannot be
-            written (all checked before the conversion); and for
+            written, a quantization-aware student that has not trained a
+            step (its ranges are unset) (all checked before the conversion); and for
             `int8_io=True` when the converter leaves operations in float32
             (the file would not run on an integer-only accelerator; nothing
             is written).
@@ -108,8 +116,11 @@ def export_student(
     student, teacher = _student_and_teacher(distiller_or_model)
     _validation.check_built(student, "student", "there is nothing trained to export")
     path = os.fspath(path)
-    kind = _format_of(path)
-    _check_arguments(kind, quantization, representative_data)
+    kind = format_of(path)
+    aware = quantization == "int8" and qat.is_quantization_aware(student)
+    check_arguments(kind, quantization, representative_data, aware)
+    if aware:
+        _check_ranges(student)
     if kind == "tflite":
         _litert_interpreter("keras_kd.export_student")  # before converting, not after
     _input_structure(student)  # refuses inputs it cannot match by name, before converting
@@ -122,7 +133,7 @@ def export_student(
         elif kind == "saved_model":
             student.export(partial, format="tf_saved_model", verbose=False)
         else:
-            _write_tflite(student, partial, quantization, representative_data, int8_io)
+            _write_tflite(student, partial, quantization, representative_data, int8_io, aware)
             if quantization == "int8":
                 float_operations = _float_operations(partial)
                 if int8_io and float_operations:
@@ -179,7 +190,13 @@ def parity_report(path, student, sample_inputs=None, evaluation_data=None):
     Returns:
         A dict: `max_abs_difference` and `top1_agreement` (on
         `sample_inputs`, else on the inputs of `evaluation_data`) and, with
-        `evaluation_data`, `accuracy_exported` and `accuracy_keras`.
+        `evaluation_data`, `accuracy_exported` and `accuracy_keras`. For a
+        `.tflite` file of a quantization-aware student (whose forward pass
+        simulates the file), also `output_quantization_step` (the int8
+        scale of its output), `max_abs_difference_in_steps` and
+        `within_one_step` (the fraction of output values that differ by at
+        most one step; integer kernels round each layer's output on their
+        own, so a difference of one step in a layer can grow in the next).
 
     Raises:
         ValueError: if neither inputs nor evaluation data are given, or all
@@ -202,10 +219,13 @@ def parity_report(path, student, sample_inputs=None, evaluation_data=None):
             "parity_report() compares the file with the student on inputs, but "
             "sample_inputs and evaluation_data are both None. Pass one of them."
         )
-    if _format_of(os.fspath(path)) == "tflite":
+    if format_of(os.fspath(path)) == "tflite":
         _litert_interpreter("keras_kd.export.parity_report")
     predict = load_predictor(path)
-    compared = _compare(predict, student, evaluation_data if sample_inputs is None else sample_inputs)
+    step = (qat.output_step(student) if format_of(os.fspath(path)) == "tflite"
+            and qat.is_quantization_aware(student) else None)
+    compared = _compare(predict, student, evaluation_data if sample_inputs is None else sample_inputs,
+                        step)
     if compared["weight"] == 0:
         raise ValueError(
             "parity_report() found nothing to compare: the inputs are empty or every "
@@ -215,6 +235,10 @@ def parity_report(path, student, sample_inputs=None, evaluation_data=None):
         "max_abs_difference": compared["max_abs_difference"],
         "top1_agreement": compared["agreement"] / compared["weight"],
     }
+    if step:
+        report["output_quantization_step"] = step
+        report["max_abs_difference_in_steps"] = compared["max_abs_difference"] / step
+        report["within_one_step"] = compared["within_step"] / compared["values"]
     if evaluation_data is not None:
         if sample_inputs is not None:
             compared = _compare(predict, student, evaluation_data)
@@ -251,7 +275,7 @@ def load_predictor(path):
     logits = predict({"token_ids": ids, "padding_mask": mask})
     ```
     """
-    kind = _format_of(os.fspath(path))
+    kind = format_of(os.fspath(path))
     if kind == "keras":
         model = keras.models.load_model(path)
         return lambda x: model.predict(x, batch_size=256, verbose=0)
@@ -275,18 +299,23 @@ def format_report(report):
         "accuracy_exported": "accuracy, exported",
         "accuracy_keras": "accuracy, Keras student",
         "float_operations": "float32 operations left",
+        "output_quantization_step": "output int8 step",
+        "max_abs_difference_in_steps": "max |exported - Keras| / step",
+        "within_one_step": "outputs within one step",
     }
     rows = []
     for key, label in labels.items():
         if key not in report:
             continue
         value = report[key]
-        if key in ("top1_agreement", "accuracy_exported", "accuracy_keras"):
+        if key in ("top1_agreement", "accuracy_exported", "accuracy_keras", "within_one_step"):
             value = f"{100 * value:.1f}%"
         elif key.startswith("size_ratio"):
             value = f"{value:.3f}"
-        elif key == "max_abs_difference":
+        elif key in ("max_abs_difference", "output_quantization_step"):
             value = f"{value:.2e}"
+        elif key == "max_abs_difference_in_steps":
+            value = f"{value:.2f}"
         elif key == "bytes":
             value = f"{value:,}"
         elif key == "float_operations":
@@ -312,8 +341,14 @@ def _student_and_teacher(distiller_or_model):
     )
 
 
-def _format_of(path):
-    """`"keras"`, `"tflite"` or `"saved_model"` (a folder without a suffix).
+def format_of(path):
+    """The export format a path names, from its suffix.
+
+    Args:
+        path: an export destination (str).
+
+    Returns:
+        `"keras"`, `"tflite"` or `"saved_model"` (a folder without a suffix).
 
     Raises:
         ValueError: for another suffix (`.h5`, a typo such as `.tfite`),
@@ -332,7 +367,20 @@ def _format_of(path):
     return "saved_model"
 
 
-def _check_arguments(kind, quantization, representative_data):
+def check_arguments(kind, quantization, representative_data, quantization_aware=False):
+    """Refuses export arguments that do not fit together, before converting.
+
+    Args:
+        kind: `format_of(path)`.
+        quantization: one of `QUANTIZATIONS`.
+        representative_data: the calibration inputs, or `None`.
+        quantization_aware: the student carries its own int8 ranges
+            (`keras_kd.quantization_aware`), so int8 needs no calibration.
+
+    Raises:
+        ValueError: for an unknown quantization, a quantization of a
+            non-`.tflite` export, or int8 without calibration inputs.
+    """
     if quantization not in QUANTIZATIONS:
         raise ValueError(
             f"Unknown quantization {quantization!r}. Pass one of "
@@ -344,7 +392,7 @@ def _check_arguments(kind, quantization, representative_data):
             f"path is a {kind} export. Give the path a .tflite suffix, or "
             f"leave quantization=None."
         )
-    if quantization == "int8" and representative_data is None:
+    if quantization == "int8" and representative_data is None and not quantization_aware:
         raise ValueError(
             "quantization='int8' calibrates activation ranges on sample "
             "inputs, but representative_data is None. Pass "
@@ -354,13 +402,31 @@ def _check_arguments(kind, quantization, representative_data):
         )
 
 
-def _write_tflite(student, path, quantization, representative_data, int8_io):
+def _check_ranges(student):
+    unset = qat.unset_ranges(student)
+    if unset:
+        raise ValueError(
+            f"'{student.name}' is quantization-aware, and its int8 file takes its "
+            f"activation ranges from training, but {len(unset)} range(s) were never set "
+            f"(e.g. {unset[:3]}): the model has not trained a step. Train it (fit, or a "
+            f"Distiller) before exporting, or export the float student with "
+            f"representative_data for post-training int8."
+        )
+
+
+def _write_tflite(student, path, quantization, representative_data, int8_io, aware=False):
     options = {}
     if quantization is not None:
         options["optimizations"] = [tf.lite.Optimize.DEFAULT]
     if quantization == "float16":
         options["target_spec"] = {"supported_types": [tf.float16]}
-    if quantization == "int8":
+    if aware:
+        # The fake-quantization ranges are the file's int8 parameters: no
+        # calibration, and no INT8-only op set, so what stays float is listed.
+        if int8_io:
+            options["inference_input_type"] = tf.int8
+            options["inference_output_type"] = tf.int8
+    elif quantization == "int8":
         samples = list(_samples(representative_data, student))
         check_sample_shapes(samples[:1], student, "representative_data")
         # One input goes as a list; several as a dict keyed by signature input name.
@@ -589,10 +655,13 @@ def _weights(x, sample_weight, output):
     return weights.reshape(shape)
 
 
-def _compare(predict, student, data):
-    """Sums of weighted agreement (and correctness with labels) over `data`."""
+def _compare(predict, student, data, step=None):
+    """Sums of weighted agreement (and correctness with labels) over `data`.
+
+    With an output quantization `step`, also counts the output values that
+    differ by at most one step (`within_step` of `values`)."""
     totals = dict.fromkeys(("max_abs_difference", "agreement", "weight", "correct_exported",
-                            "correct_keras"), 0.0)
+                            "correct_keras", "within_step", "values"), 0.0)
     totals["labelled"] = False
     for x, y, sample_weight in _batches(data, student):
         exported = np.asarray(predict(x))
@@ -600,6 +669,10 @@ def _compare(predict, student, data):
         weights = _weights(x, sample_weight, reference)
         totals["max_abs_difference"] = max(
             totals["max_abs_difference"], float(np.max(np.abs(exported - reference))))
+        if step:
+            # A relative margin: float32 outputs of the same int8 value differ by rounding.
+            totals["within_step"] += float(np.sum(np.abs(exported - reference) <= step * 1.0001))
+            totals["values"] += exported.size
         top1_exported, top1_keras = exported.argmax(-1), reference.argmax(-1)
         totals["agreement"] += float(np.sum(weights * (top1_exported == top1_keras)))
         totals["weight"] += float(np.sum(weights))
@@ -719,3 +792,16 @@ def _keras_size(model):
         file = os.path.join(folder, "model.keras")
         save_for_inference(model, file)
         return os.path.getsize(file)
+
+
+__all__ = [
+    "QUANTIZATIONS",
+    "check_arguments",
+    "check_sample_shapes",
+    "export_student",
+    "format_of",
+    "format_report",
+    "load_predictor",
+    "parity_report",
+    "save_for_inference",
+]

@@ -241,6 +241,11 @@ def build_parser():
         help="replace student.keras/student.tflite of a previous run in --output, "
         "and discard an interrupted run's backup unless --resume",
     )
+    distill.add_argument(
+        "--quantization-aware", action="store_true",
+        help="train the student through simulated int8 LiteRT arithmetic "
+        "(keras_kd.quantization_aware); its int8 export needs no calibration data",
+    )
     distill.add_argument("--seed", type=int, default=0, help="random seed")
     return parser
 
@@ -390,19 +395,26 @@ def run_export(args):
             the conversion.
     """
     from keras_kd import export
+    from keras_kd import quantization as quantization_module
 
     quantization = None if args.quantization == "none" else args.quantization
-    kind = export._format_of(args.output)  # noqa: SLF001 - one rule for the suffixes
+    kind = export.format_of(args.output)  # one rule for the suffixes
+    student = None
     if quantization == "int8" and not args.representative_data:
-        raise UsageError("--quantization int8 calibrates activation ranges on sample inputs: pass "
-                         "--representative-data SPEC (e.g. the training data), or use --quantization "
-                         "dynamic, which needs none.")
-    export._check_arguments(kind, quantization, args.representative_data)  # noqa: SLF001
+        student = load_model_file(args.student, "Student")
+        if not quantization_module.is_quantization_aware(student):
+            raise UsageError(
+                "--quantization int8 calibrates activation ranges on sample inputs: pass "
+                "--representative-data SPEC (e.g. the training data), or use --quantization "
+                "dynamic, which needs none. (A student trained with keras-kd distill "
+                "--quantization-aware needs none either.)")
+    export.check_arguments(kind, quantization, args.representative_data,
+                            student is not None)
     if args.int8_io and quantization != "int8":
         raise UsageError(f"--int8-io applies to --quantization int8, not {args.quantization}.")
     check_destination(args.output, args.force, "Export", "folder" if kind == "saved_model" else "file")
 
-    student = load_model_file(args.student, "Student", allow_distiller=True)
+    student = student or load_model_file(args.student, "Student", allow_distiller=True)
     representative, evaluation = None, None
     if args.representative_data:
         spec = args.representative_data
@@ -482,6 +494,8 @@ def run_distill(args):
     contents = run_contents(args, (x, y, x_val, y_val))
     if args.resume:
         check_same_contents(contents, outputs["backup"])
+    if args.quantization_aware:
+        student = keras_kd.quantization_aware(student)
     check_models(teacher, student, losses["distillation_losses"])
     classes = classes_of(student)
     x, y = datasets.check(x, y, train_spec, classes)

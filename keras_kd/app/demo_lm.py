@@ -86,14 +86,30 @@ def tokenizer():
     keras_kd.app.demo_lm.tokenizer()("héllo")  # [71, 127, 102, 75, 75, 78]: 6 bytes
     ```
     """
-    from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
-
-    _, symbols = bytes_to_unicode()
-    vocabulary = {symbol: i for i, symbol in enumerate(symbols)}
+    vocabulary = {symbol: i for i, symbol in enumerate(byte_symbols())}
     vocabulary[END_OF_TEXT] = len(vocabulary)
     vocabulary[NEVER_MERGED * 2] = len(vocabulary)
     return keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary,
                                           merges=[f"{NEVER_MERGED} {NEVER_MERGED}"])
+
+
+def byte_symbols():
+    """GPT-2's printable stand-in for each of the 256 bytes, in its id order.
+
+    Printable bytes stand for themselves; the 68 others (controls, space,
+    some Latin-1) are mapped, in byte order, to the code points from 256 on,
+    so a byte-pair vocabulary never holds whitespace or control characters.
+    This is the table of GPT-2's `bytes_to_unicode` (Radford et al., 2019),
+    written here so the demo needs no private KerasHub module.
+
+    Returns:
+        A list of 256 one-character strings, the first the printable ones
+        (`!`..`~`, `¡`..`¬`, `®`..`ÿ`), then the stand-ins.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
 
 
 def preprocessor(sequence_length=SEQUENCE_LENGTH):
