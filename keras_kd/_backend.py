@@ -45,3 +45,8 @@ if _backend != "tensorflow":
         f"keras_kd runs on the TensorFlow backend, but Keras is set to {_backend!r} (from {_source}): "
         f'set KERAS_BACKEND=tensorflow before importing Keras (or "backend": "tensorflow" in keras.json).'
     )
+
+
+__all__ = [
+    "keras_backend",
+]

@@ -55,3 +55,9 @@ def require(module, feature, extra):
         raise MissingExtraError(
             f'{feature} needs the {extra!r} extra: pip install "keras-kd[{extra}]"', name=module
         ) from None
+
+
+__all__ = [
+    "MissingExtraError",
+    "require",
+]

@@ -206,3 +206,14 @@ def _existing_parent(path):
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     return parent
+
+
+__all__ = [
+    "PARTIAL",
+    "WriteFailed",
+    "atomic_path",
+    "check_destination",
+    "check_free_space",
+    "check_output_folder",
+    "remove_partial_writes",
+]

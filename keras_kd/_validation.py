@@ -499,3 +499,26 @@ def check_scalar(value, loss, term):
             f"tensor of shape {shape}, but compute_loss() must return a "
             f"scalar. Reduce it, e.g. with keras.ops.mean(...)."
         )
+
+
+__all__ = [
+    "MAX_TEMPERATURE",
+    "as_float",
+    "check_built",
+    "check_count",
+    "check_dense_inputs",
+    "check_flag",
+    "check_labels",
+    "check_model",
+    "check_number",
+    "check_numbers",
+    "check_same_inputs",
+    "check_scalar",
+    "check_separate_models",
+    "check_temperature",
+    "check_texts",
+    "check_trainable",
+    "check_validation_labels",
+    "is_distiller",
+    "is_whole_number",
+]

@@ -356,3 +356,43 @@ def as_augmentation(augmentation):
         f"but received {augmentation!r}. Pass e.g. "
         f"augmentation=keras_kd.augment.Mixup(alpha=1.0)."
     )
+
+
+def compiles_with_xla(augment, augmentation, jit_compile):
+    """Whether a Distiller's step with this augmentation may be XLA-compiled.
+
+    Args:
+        augment: `as_augmentation(augmentation)` (or `None`).
+        augmentation: the argument as the user gave it (for the message).
+        jit_compile: what `compile` received: `True` (required), or
+            `"auto"`/`None` (XLA where it can be used).
+
+    Returns:
+        `False` when the augmentation has no XLA kernel and XLA was only
+        requested as `"auto"` (the step then runs without XLA), else `True`.
+
+    Raises:
+        ValueError: if `jit_compile=True` was asked for an augmentation
+            without an XLA kernel.
+    """
+    if augment is None or augment.supports_jit:
+        return True
+    if jit_compile is True:
+        raise ValueError(
+            f"jit_compile=True, but the augmentation {augmentation!r} cannot be "
+            f"compiled with XLA (e.g. Mixup with alpha != 1 needs gamma sampling, "
+            f"which has no XLA kernel). Use Mixup(alpha=1.0), or jit_compile=False."
+        )
+    return False
+
+
+__all__ = [
+    "Augmentation",
+    "CutMix",
+    "InputAugmentation",
+    "Mixup",
+    "Pipeline",
+    "RandomShift",
+    "as_augmentation",
+    "compiles_with_xla",
+]

@@ -307,3 +307,11 @@ def _softmax(logits, temperature):
     z = np.asarray(logits, "float64") / temperature
     z = z - z.max(axis=-1, keepdims=True)
     return np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
+
+
+__all__ = [
+    "DistillationHistograms",
+    "DistillationScheduler",
+    "EpochBackup",
+    "schedulable_variable",
+]

@@ -122,3 +122,9 @@ class _Interpolate(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "size": self.size}
+
+
+__all__ = [
+    "auto_connector",
+    "build_connector",
+]

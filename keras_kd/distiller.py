@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_kd import _keras_compat, _validation, augment, cache, hard_label, lm, taps, terms
+from keras_kd import _keras_compat, _validation, augment, cache, fit_data, hard_label, lm, taps, terms
 from keras_kd import metrics as fidelity
 from keras_kd._validation import as_float, check_number
 from keras_kd.hard_label import combine_weights, total
@@ -190,15 +190,8 @@ class Distiller(keras.Model):
         optimizer = _keras_compat.loss_scale_optimizer(optimizer, self.student)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
         self._hard_label_loss_weights = kwargs.get("loss_weights")
-        if self.jit_compile and self._augment is not None and not self._augment.supports_jit:
-            if kwargs.get("jit_compile") is True:
-                raise ValueError(
-                    f"jit_compile=True, but the augmentation "
-                    f"{self.augmentation!r} cannot be compiled with XLA (e.g. "
-                    f"Mixup with alpha != 1 needs gamma sampling, which has "
-                    f"no XLA kernel). Use Mixup(alpha=1.0), or "
-                    f"jit_compile=False."
-                )
+        if self.jit_compile and not augment.compiles_with_xla(self._augment, self.augmentation,
+                                                              kwargs.get("jit_compile")):
             self.jit_compile = False
 
     def fit(self, x=None, y=None, batch_size=None, sample_weight=None,
@@ -210,30 +203,18 @@ class Distiller(keras.Model):
         preprocessed once in the input pipeline; teacher and student then
         see the same token ids.
         """
-        x, y, sample_weight, batch_size = lm.preprocess_text(
-            self.student, x, y, sample_weight, batch_size)
-        cache.check_top_k_temperatures(x, self._terms)
-        lm.check_data_fits_models(x, self.teachers, self.student)
-        _validation.check_dense_inputs(x, self.student)
-        cache.check_top_k_schedules(x, kwargs.get("callbacks"))
-        _validation.check_labels(x, y, self.loss, self.student)
+        x, y, sample_weight, batch_size, validation_data = fit_data.for_fit(
+            self, x, y, sample_weight, batch_size, validation_data, kwargs.get("callbacks"))
         epoch_callback = terms.epoch_callback(self._terms)
         if epoch_callback is not None:  # e.g. CTKD's reversal curriculum, by epoch
             kwargs["callbacks"] = [epoch_callback, *(kwargs.get("callbacks") or [])]
         kwargs["callbacks"] = self._weightless_batches.added_to(kwargs.get("callbacks"))
-        validation_data = lm.preprocess_validation_text(self.student, validation_data, batch_size)
-        lm.check_data_fits_models(validation_data, self.teachers, self.student)
-        _validation.check_validation_labels(x, y, validation_data)
         return super().fit(x, y, batch_size=batch_size, sample_weight=sample_weight,
                            validation_data=validation_data, **kwargs)
 
     def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
         """`keras.Model.evaluate`; raw text goes through the student's preprocessor."""
-        x, y, sample_weight, batch_size = lm.preprocess_text(
-            self.student, x, y, sample_weight, batch_size)
-        cache.check_top_k_temperatures(x, self._terms)
-        lm.check_data_fits_models(x, self.teachers, self.student)
-        _validation.check_dense_inputs(x, self.student)
+        x, y, sample_weight, batch_size = fit_data.for_evaluate(self, x, y, sample_weight, batch_size)
         return super().evaluate(x, y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
 
     def make_train_function(self, force=False):

@@ -489,3 +489,12 @@ def _unique(names):
         seen[name] = seen.get(name, 0) + 1
         unique.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
     return unique
+
+
+__all__ = [
+    "FeaturePair",
+    "FeaturePlan",
+    "Stage",
+    "plan_features",
+    "stages",
+]

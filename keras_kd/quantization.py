@@ -699,3 +699,15 @@ class _Rewriter:
                                               name=self._unique(f"{layer.name}_{own}"))(outputs)
             outputs = self._requantize(outputs, f"{layer.name}_{own}", _FIXED_RANGES.get(own))
         return outputs
+
+
+__all__ = [
+    "ActivationQuantizer",
+    "MIN_RANGE",
+    "QuantizedLayer",
+    "RANGE_DECAY",
+    "is_quantization_aware",
+    "output_step",
+    "quantization_aware",
+    "unset_ranges",
+]
