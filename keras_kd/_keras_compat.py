@@ -7,6 +7,7 @@ file to change.
 
 import contextlib
 
+import keras
 import tensorflow as tf
 
 # Keras 3.15: `keras.ops.softmax(x)` on a symbolic tensor records a
@@ -90,6 +91,102 @@ def in_multi_worker_mode(strategy):
     ) and strategy.extended._in_multi_worker_mode()
 
 
+def one_replica_batch(iterator, data_batch, strategy):
+    """The first batch Keras builds a model's compiled metrics from, as one
+    replica's part, for `Model._maybe_symbolic_build`.
+
+    Keras 3.15 takes a first batch from the epoch iterator to build the
+    compiled metrics and reduces it across replicas with
+    `strategy.reduce("MEAN")`, which raises under
+    `MultiWorkerMirroredStrategy` ("Attempt to convert a value
+    (PerReplica...)"), for any model. Only shapes matter there: one
+    replica's part of the batch has them. A model overrides the private
+    `_maybe_symbolic_build(iterator=None, data_batch=None)` to call Keras's
+    with `data_batch=one_replica_batch(iterator, data_batch, strategy)`.
+
+    Args:
+        iterator: Keras's epoch iterator, or `None`.
+        data_batch: the batch Keras was given, or `None`.
+        strategy: the model's `distribute_strategy`.
+
+    Returns:
+        `data_batch` if given, else the iterator's first batch with every
+        distributed value replaced by its first replica's part (`None`
+        without an iterator).
+    """
+    if iterator is not None and data_batch is None:
+        for _, _, batches in iterator:
+            return keras.tree.map_structure(
+                lambda value: _one_replica(value, strategy), next(batches)
+            )
+    return data_batch
+
+
+def _one_replica(value, strategy):
+    if isinstance(value, tf.distribute.DistributedValues):
+        return strategy.experimental_local_results(value)[0]
+    return value
+
+
+def loss_scale_optimizer(optimizer, student):
+    """The optimizer, wrapped in a `LossScaleOptimizer` for a `mixed_float16`
+    student.
+
+    Keras 3.15's `compile` wraps the optimizer only when the compiled model's
+    own dtype policy is `mixed_float16`; a mixed student inside a float32
+    model (the Distiller) needs it too, or float16 gradients underflow.
+
+    Args:
+        optimizer: a `keras.optimizers.Optimizer`.
+        student: the model whose policy decides.
+
+    Returns:
+        `optimizer`, or a `keras.optimizers.LossScaleOptimizer` around it.
+    """
+    if student.dtype_policy.name == "mixed_float16" and not isinstance(
+        optimizer, keras.optimizers.LossScaleOptimizer
+    ):
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def step_results(results, strategy):
+    """A custom step's logs, shaped so that Keras can reduce them.
+
+    Keras 3.15 reduces step results across workers with
+    `strategy.reduce("MEAN", value, axis=0)`, which fails on scalars under
+    `MultiWorkerMirroredStrategy`; a 1-element vector reduces to the same
+    mean. Elsewhere the results are returned as they are.
+
+    Args:
+        results: `{name: scalar}`.
+        strategy: the model's `distribute_strategy`.
+
+    Returns:
+        `{name: scalar}`, or `{name: (1,) tensor}` across workers.
+    """
+    if in_multi_worker_mode(strategy):
+        return {k: keras.ops.reshape(v, (1,)) for k, v in results.items()}
+    return results
+
+
+def defined_by_keras(obj):
+    """Whether a class or function is Keras's own, not a user's or another
+    library's (e.g. a built-in layer class or activation).
+
+    Keras 3.15 defines every built-in layer and activation in a `keras.src.*`
+    module (the public `keras.layers` names are aliases); no public API tells
+    a built-in from a subclass or a function written elsewhere.
+
+    Args:
+        obj: a class or a function.
+
+    Returns:
+        A bool.
+    """
+    return (getattr(obj, "__module__", None) or "").startswith("keras.src.")
+
+
 def keras_mask(tensor):
     """The Keras mask attached to a tensor by masking layers, or `None`.
 
@@ -114,3 +211,21 @@ def litert_operations(interpreter):
          [tensors[i] for i in op["outputs"]])
         for op in interpreter._get_ops_details()
     ]
+
+
+__all__ = [
+    "SoftmaxOperation",
+    "call_tensors",
+    "compile_loss",
+    "compile_metrics",
+    "defined_by_keras",
+    "in_multi_worker_mode",
+    "keras_history",
+    "keras_mask",
+    "litert_operations",
+    "loss_scale_optimizer",
+    "loss_tracker",
+    "one_replica_batch",
+    "replaced_calls",
+    "step_results",
+]

@@ -31,6 +31,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_kd import _files, _validation, lm, taps
+from keras_kd._validation import as_float
+from keras_kd.losses.logits import LogitsDistillation
 
 INPUTS_KEY = "keras_kd_inputs"
 TEACHER_KEY = "keras_kd_teacher"
@@ -43,6 +45,19 @@ _SHARD_NAME = "keras_kd_teacher-{:05d}.tfrecord"
 _SHARD_PATTERN = "keras_kd_teacher-*.tfrecord"
 _SHARD_BYTES = 64 * 2**20
 _FORMAT = "keras_kd teacher-output cache, version 1"
+
+__all__ = [
+    "INPUTS_KEY",
+    "SHUFFLE_BUFFER_BYTES",
+    "TEACHER_KEY",
+    "cache_teacher_outputs",
+    "check_cached_outputs",
+    "check_not_augmented",
+    "check_top_k_temperatures",
+    "holds_top_k",
+    "shuffle_buffer_size",
+    "split",
+]
 
 
 def cache_teacher_outputs(
@@ -172,6 +187,108 @@ def holds_top_k(data):
     spec = data.element_spec
     x = spec[0] if isinstance(spec, tuple) else spec
     return isinstance(x, dict) and TEACHER_KEY in x and "top_k" in x[TEACHER_KEY]
+
+
+def check_top_k_temperatures(data, terms):
+    """Refuses a top-K cache before the first step when a logit term's
+    temperature is not 1.
+
+    A schedule that leaves 1 later is caught as the step runs.
+
+    Args:
+        data: what `fit`/`evaluate` received as `x`.
+        terms: the Distiller's `keras_kd.terms.Term`s.
+
+    Raises:
+        ValueError: if `data` is a top-K cache and a `LogitsDistillation`
+            term on the teacher's logits has a temperature other than 1.
+    """
+    if not holds_top_k(data):
+        return
+    for term in terms:
+        if (isinstance(term.loss, LogitsDistillation) and term.teacher_path is None
+                and as_float(term.temperature) != 1.0):
+            raise ValueError(
+                f"The data is a top-K teacher cache, which holds log-probabilities "
+                f"at temperature 1, but the term '{term.name}' has temperature "
+                f"{as_float(term.temperature)}. Set the LogitsDistillation "
+                f"temperature to 1.0, or cache full logits (top_k=None)."
+            )
+
+
+def check_not_augmented(cached, augmentation):
+    """Refuses cached teacher outputs for a Distiller that augments batches.
+
+    Args:
+        cached: a batch's cached teacher outputs, or `None`.
+        augmentation: the Distiller's `augmentation` argument (not `None`).
+
+    Raises:
+        ValueError: if `cached` is not `None`: the cache describes the inputs
+            before augmentation, so teacher and student would see different
+            inputs.
+    """
+    if cached is not None:
+        raise ValueError(
+            "The batches carry cached teacher outputs, which describe "
+            "the inputs before augmentation, but this Distiller "
+            "augments each batch (augmentation="
+            f"{augmentation!r}), so teacher and student would "
+            "see different inputs. Train on the uncached data, or "
+            "build the Distiller without augmentation."
+        )
+
+
+def check_cached_outputs(cached, teacher_spec, terms):
+    """Refuses cached teacher outputs that lack what the terms read, or that
+    another teacher or tokenizer produced.
+
+    Args:
+        cached: a batch's cached teacher outputs (`split(x)[1]`).
+        teacher_spec: the Distiller's teacher view's symbolic outputs, or
+            `None` for a subclassed teacher never called.
+        terms: the Distiller's `keras_kd.terms.Term`s.
+
+    Raises:
+        ValueError: if a term reads the final output of a top-K cache, a
+            tapped layer is missing, or a last axis differs from the
+            teacher's (a cache built with another teacher or tokenizer would
+            otherwise fail deep in a loss with a shape error, or broadcast).
+    """
+    needed = {term.teacher_path for term in terms if term.teacher_path is not None}
+    reads_output = [t.name for t in terms if t.teacher_path is None and not t.expects_logits]
+    if cached.output is None and reads_output:
+        raise ValueError(
+            f"The cached teacher outputs are a top-K summary of its "
+            f"logits, without its final output, but {reads_output} read "
+            f"the final output. Cache without top_k for these losses."
+        )
+    if not needed <= set(cached.taps):
+        raise ValueError(
+            f"The cached teacher outputs hold the layers "
+            f"{sorted(cached.taps)}, but this Distiller's losses read "
+            f"{sorted(needed)}. Build the cache from the Distiller, "
+            f"cache_teacher_outputs(distiller, ...), so that every tapped "
+            f"layer is included."
+        )
+    if teacher_spec is None:  # a subclassed teacher never called
+        return
+    pairs = [(field, getattr(teacher_spec, field), getattr(cached, field))
+             for field in ("output", "logits")]
+    pairs += [(f"layer '{path}'", teacher_spec.taps.get(path), value)
+              for path, value in cached.taps.items()]
+    for where, expected, received in pairs:
+        if expected is None or received is None or isinstance(received, lm.TopK):
+            continue
+        for want, got in zip(keras.tree.flatten(expected), keras.tree.flatten(received)):
+            if want.shape[-1] is not None and got.shape[-1] is not None and want.shape[-1] != got.shape[-1]:
+                raise ValueError(
+                    f"The cached teacher {where} has {got.shape[-1]} values on its "
+                    f"last axis (shape {tuple(got.shape)}), but this Distiller's "
+                    f"teacher gives {want.shape[-1]} (shape {tuple(want.shape)}): the "
+                    f"cache was built with another teacher or tokenizer. Build it "
+                    f"with cache_teacher_outputs(distiller, ...) from this Distiller."
+                )
 
 
 def shuffle_buffer_size(element_spec, budget_bytes=SHUFFLE_BUFFER_BYTES):

@@ -1,4 +1,4 @@
-"""Language models: masks of real tokens, and raw text through a preprocessor.
+"""Language models: token masks, tokenizer checks, raw text through a preprocessor.
 
 KerasHub's causal-LM preprocessors yield `(x, y, sample_weight)` batches with
 `x = {"token_ids", "padding_mask"}` and `sample_weight` the mask of real
@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_kd import _keras_compat, _validation
+from keras_kd import _keras_compat, _validation, taps
 
 
 def token_mask(x, sample_weight, output):
@@ -88,12 +88,228 @@ def preprocessed(preprocessor, x, y=None, sample_weight=None, batch_size=None):
     ).prefetch(tf.data.AUTOTUNE)
 
 
-def vocabulary(model):
-    """The token vocabulary of a KerasHub model's tokenizer, or `None`."""
-    tokenizer = getattr(getattr(model, "preprocessor", None), "tokenizer", None)
-    if tokenizer is None or not hasattr(tokenizer, "get_vocabulary"):
+def text_preprocessor(student, data):
+    """The student's KerasHub preprocessor when `data` holds raw text, else `None`.
+
+    Args:
+        student: the student model.
+        data: what `fit`/`evaluate` received as `x` (or `validation_data`).
+
+    Returns:
+        `student.preprocessor` when `data` holds strings and the student has
+        one; `None` when `data` holds no strings, or the student is a model
+        whose inputs cannot be told (subclassed) or take strings themselves.
+
+    Raises:
+        ValueError: if `data` holds strings, the student has no
+            preprocessor and its inputs are not strings.
+    """
+    if not holds_text(data):
         return None
-    return list(tokenizer.get_vocabulary())
+    preprocessor = getattr(student, "preprocessor", None)
+    if preprocessor is not None:
+        return preprocessor
+    inputs = getattr(student, "inputs", None)  # None: subclassed, cannot tell
+    if inputs and not any(str(i.dtype) == "string" for i in keras.tree.flatten(inputs)):
+        raise ValueError(
+            f"The data holds strings, but the student '{student.name}' takes "
+            f"{[str(i.dtype) for i in keras.tree.flatten(inputs)]} inputs and has no "
+            f"KerasHub preprocessor to turn text into token ids. Build the student "
+            f"with its preprocessor (e.g. GPT2CausalLM(backbone, preprocessor=...)), "
+            f"or pass token ids."
+        )
+    return None
+
+
+def preprocess_text(student, x, y=None, sample_weight=None, batch_size=None):
+    """`fit`/`evaluate` arguments with raw text through the student's preprocessor.
+
+    Like `CausalLM.fit`: each batch is preprocessed once in the input
+    pipeline, so teacher and student see the same token ids.
+
+    Args:
+        student: the student model.
+        x, y, sample_weight, batch_size: as given to `fit`/`evaluate`.
+
+    Returns:
+        `(x, y, sample_weight, batch_size)`: unchanged without text, else
+        `(preprocessed batches, None, None, None)`.
+
+    Raises:
+        ValueError: as `text_preprocessor`.
+    """
+    preprocessor = text_preprocessor(student, x)
+    if preprocessor is None:
+        return x, y, sample_weight, batch_size
+    return preprocessed(preprocessor, x, y, sample_weight, batch_size), None, None, None
+
+
+def preprocess_validation_text(student, validation_data, batch_size=None):
+    """`fit`'s `validation_data` with raw text through the student's preprocessor.
+
+    Raises:
+        ValueError: as `text_preprocessor`.
+    """
+    if validation_data is None or text_preprocessor(student, validation_data) is None:
+        return validation_data
+    return preprocessed(
+        student.preprocessor,
+        *keras.utils.unpack_x_y_sample_weight(validation_data),
+        batch_size=batch_size,
+    )
+
+
+def vocabulary(model):
+    """The tokens of a KerasHub model's tokenizer in id order, or `None`.
+
+    Entry `i` is the token of id `i` (`tokenizer.id_to_token(i)` for every
+    id below `vocabulary_size()`), `None` for an id the tokenizer does not
+    map. A byte-pair tokenizer's `get_vocabulary()` follows its vocabulary
+    dict's key order, not the ids, so it is read only from tokenizers
+    without `id_to_token` (Keras's lookup layers list theirs in id order).
+
+    Args:
+        model: a model, e.g. a KerasHub `CausalLM` with a preprocessor.
+
+    Returns:
+        A list of tokens, or `None` when the model has no tokenizer.
+    """
+    tokenizer = getattr(getattr(model, "preprocessor", None), "tokenizer", None)
+    if tokenizer is None:
+        return None
+    if hasattr(tokenizer, "id_to_token") and hasattr(tokenizer, "vocabulary_size"):
+        return [_token_of(tokenizer, i) for i in range(int(tokenizer.vocabulary_size()))]
+    if hasattr(tokenizer, "get_vocabulary"):
+        return list(tokenizer.get_vocabulary())
+    return None
+
+
+def _token_of(tokenizer, token_id):
+    """`tokenizer.id_to_token(token_id)`, `None` for an id it does not map
+    (a hole in a byte-pair vocabulary's ids)."""
+    try:
+        return tokenizer.id_to_token(token_id)
+    except (ValueError, KeyError, IndexError):
+        return None
+
+
+def check_vocabularies(teachers, student, alignment=None):
+    """Refuses models that tokenize differently; returns the logit size to
+    cut to (`vocabulary_alignment="truncate"`), else `None`.
+
+    Tokenizers are compared token by token in id order (`vocabulary`), so
+    swapped, shifted or missing ids are refused with the first id that
+    differs and what each tokenizer maps it to.
+
+    Args:
+        teachers: the list of teacher models.
+        student: the student model.
+        alignment: `None` or `"truncate"` (`Distiller(vocabulary_alignment=...)`).
+
+    Returns:
+        The number of classes every logit is cut to, or `None`.
+
+    Raises:
+        ValueError: if `alignment` is neither, if a teacher's tokenizer maps
+            an id to another token than the student's, or if `"truncate"`
+            would cut real tokens or cannot know the logit sizes.
+    """
+    if alignment not in (None, "truncate"):
+        raise ValueError(
+            f"`vocabulary_alignment` must be None or 'truncate', but received "
+            f"{alignment!r}. Pass 'truncate' for vocabularies that differ only "
+            f"by padding rows at the end."
+        )
+    student_vocabulary = vocabulary(student)
+    for teacher in teachers:
+        teacher_vocabulary = vocabulary(teacher)
+        if None not in (teacher_vocabulary, student_vocabulary) and (
+            teacher_vocabulary != student_vocabulary
+        ):
+            _refuse_different_tokens(teacher, student, teacher_vocabulary, student_vocabulary)
+    if alignment is None:
+        return None
+    sizes = [
+        spec.shape[-1]
+        for model in teachers + [student]
+        for spec in [keras.tree.flatten(taps.symbolic_outputs(model) or [None])[0]]
+        if spec is not None
+    ]
+    if len(sizes) != len(teachers) + 1:
+        raise ValueError(
+            "vocabulary_alignment='truncate' needs the logit sizes of every "
+            "model, but a model has no known output shape (a subclassed model "
+            "never called). Call the models on a batch once first."
+        )
+    size = min(sizes)
+    for tokens in (student_vocabulary, *(vocabulary(t) for t in teachers)):
+        if tokens is not None and len(tokens) > size:
+            raise ValueError(
+                f"vocabulary_alignment='truncate' cuts the logits to {size} "
+                f"classes, but the tokenizer has {len(tokens)} tokens: real "
+                f"tokens would be cut, not padding rows. Distil between models "
+                f"whose logits cover the whole vocabulary."
+            )
+    return size
+
+
+def _refuse_different_tokens(teacher, student, teacher_vocabulary, student_vocabulary):
+    """Raises the error naming the first id the two tokenizers map differently."""
+    size = max(len(teacher_vocabulary), len(student_vocabulary))
+    differ = next(
+        i for i in range(size)
+        if _at(teacher_vocabulary, i) != _at(student_vocabulary, i)
+    )
+
+    def meaning(tokens):
+        token = _at(tokens, differ)
+        return "no token" if token is None else repr(token)
+
+    raise ValueError(
+        f"The teacher '{teacher.name}' and the student '{student.name}' "
+        f"tokenize differently: their vocabularies ({len(teacher_vocabulary)} "
+        f"and {len(student_vocabulary)} tokens) first differ at token id "
+        f"{differ}, which is {meaning(teacher_vocabulary)} to the teacher's "
+        f"tokenizer and {meaning(student_vocabulary)} to the student's, so the "
+        f"same id would mean different tokens to the two models and every "
+        f"position of that id would teach the wrong class. Distil between "
+        f"models that share one tokenizer: the same vocabulary, ids included, "
+        f"and the same merges."
+    )
+
+
+def _at(tokens, index):
+    return tokens[index] if index < len(tokens) else None
+
+
+def cut_logits(logits, size):
+    """Logits cut to their first `size` classes (`vocabulary_alignment="truncate"`).
+
+    Args:
+        logits: a tensor, a `tf.TensorSpec` or a structure of them.
+        size: the number of classes to keep, or `None` for all.
+
+    Returns:
+        The same structure, each leaf cut on its last axis.
+
+    Raises:
+        ValueError: if `logits` is a `TopK` teacher cache (its ids may lie
+            beyond the cut) and `size` is not `None`.
+    """
+    if size is None:
+        return logits
+    if isinstance(logits, TopK):
+        raise ValueError(
+            "vocabulary_alignment='truncate' cannot cut a top-K teacher cache "
+            "(its token ids may lie beyond the cut). Cache full logits."
+        )
+
+    def cut(value):
+        if isinstance(value, tf.TensorSpec):
+            return tf.TensorSpec(value.shape[:-1] + [size], value.dtype)
+        return value[..., :size]
+
+    return keras.tree.map_structure(cut, logits)
 
 
 class TopK(typing.NamedTuple):
@@ -405,3 +621,22 @@ def _training_triple(ids, mask, prompt_lengths):
     continuation = mask & (np.arange(ids.shape[1])[None, :] >= prompt_lengths[:, None])
     x = {"token_ids": ids[:, :-1], "padding_mask": mask[:, :-1]}
     return x, ids[:, 1:], continuation[:, 1:].astype("float32")
+
+
+__all__ = [
+    "OnPolicyBatches",
+    "TopK",
+    "check_vocabularies",
+    "cut_logits",
+    "holds_text",
+    "preprocess_text",
+    "preprocess_validation_text",
+    "preprocessed",
+    "sampled_targets",
+    "sequence_level_batches",
+    "text_preprocessor",
+    "token_mask",
+    "top_k_kl",
+    "top_k_targets",
+    "vocabulary",
+]

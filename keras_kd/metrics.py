@@ -8,12 +8,19 @@ the token mask of token-level outputs, and logs them in training and
 validation next to `teacher_agreement`. Their state is sums (Keras
 aggregates metric variables by summing across replicas), so the value is
 the one of the global batch under `tf.distribute`.
+
+The Distiller's own tracking lives here too: `teacher_agreement` (logged
+every step), `update_fidelity` (feeds the metrics above from the step's
+logits) and `TermMeans` (the running means of the logged loss terms).
 """
 
 import keras
+import tensorflow as tf
 from keras import ops
 
-from keras_kd import _validation
+from keras_kd import _validation, lm
+from keras_kd.losses.base import masked_mean
+from keras_kd.losses.logits import mixture_logits
 
 
 def class_ids(y_true, positions_shape, classes):
@@ -226,6 +233,191 @@ def get(identifier):
     return identifier
 
 
+def split_metrics(metrics, weighted_metrics=None):
+    """Separates the fidelity metrics the Distiller feeds from Keras's metrics.
+
+    Args:
+        metrics: `compile`'s `metrics` (a list, or anything Keras takes).
+        weighted_metrics: `compile`'s `weighted_metrics`.
+
+    Returns:
+        `(fidelity metrics as instances, the other metrics or None)`; a
+        `metrics` that is not a list is returned as it is.
+
+    Raises:
+        ValueError: if `weighted_metrics` holds fidelity metrics (they take
+            no sample weights).
+    """
+    found = []
+    if isinstance(metrics, (list, tuple)):
+        found = [get(m) for m in metrics if is_fidelity_metric(m)]
+        metrics = [m for m in metrics if not is_fidelity_metric(m)] or None
+    misplaced = [m for m in weighted_metrics if is_fidelity_metric(m)] if isinstance(
+        weighted_metrics, (list, tuple)) else []
+    if misplaced:
+        raise ValueError(
+            f"`weighted_metrics` received the fidelity metrics {misplaced}, which "
+            f"compare the student with the teacher (over real tokens for "
+            f"token-level outputs) and take no sample weights. Pass them in "
+            f"`metrics=` instead: compile(metrics={misplaced})."
+        )
+    return found, metrics
+
+
+def _first_logits(logits, logits_size):
+    """The first output's logits, cut to `logits_size` classes."""
+    return keras.tree.flatten(lm.cut_logits(logits, logits_size))[0]
+
+
+def _teacher_logits(logits, teacher_weights, logits_size):
+    """One teacher's first-output logits, or several teachers' mixed at T=1."""
+    teachers = keras.tree.flatten(lm.cut_logits(logits, logits_size))
+    return mixture_logits(teachers, teacher_weights, 1.0) if len(teacher_weights) > 1 else teachers[0]
+
+
+def teacher_agreement(teacher_logits, student_logits, mask, teacher_weights, logits_size=None):
+    """Fraction of samples (real tokens) whose top-1 class is the teacher's.
+
+    Args:
+        teacher_logits: the teacher view's `logits` (a list with several
+            teachers), or a `keras_kd.lm.TopK` cache, whose `ids[..., 0]`
+            is the top-1 (most drawn) token.
+        student_logits: the student view's `logits`.
+        mask: the mask of real tokens, or `None`.
+        teacher_weights: the teachers' weights in the mixture (`[1.0]`).
+        logits_size: classes to cut the logits to
+            (`vocabulary_alignment="truncate"`), or `None`.
+
+    Returns:
+        A float32 scalar. Models with several outputs: the first output's.
+    """
+    student = _first_logits(student_logits, logits_size)
+    if isinstance(teacher_logits, lm.TopK):
+        same = teacher_logits.ids[..., 0] == tf.argmax(student, axis=-1, output_type="int32")
+        return masked_mean(ops.cast(same, "float32"), mask)
+    teacher = _teacher_logits(teacher_logits, teacher_weights, logits_size)
+    # tf.argmax: keras.ops.argmax adds a dozen ops of signed-zero handling.
+    same = tf.argmax(teacher, axis=-1) == tf.argmax(student, axis=-1)
+    return masked_mean(ops.cast(same, "float32"), mask)
+
+
+def update_fidelity(metrics, targets, teacher_logits, student_logits, mask, teacher_weights,
+                    logits_size=None):
+    """Updates fidelity metrics from a step's logits (no extra forward pass).
+
+    Args:
+        metrics: the `TeacherKL` / `CalibrationError` instances to update.
+        targets: the batch's `(y, weight)` pairs (`keras_kd.augment`); labels
+            count only when there is one pair without a weight.
+        teacher_logits: as in `teacher_agreement`.
+        student_logits: the student view's `logits` (not differentiated).
+        mask: the mask of real tokens, or `None`.
+        teacher_weights: the teachers' weights in the mixture (`[1.0]`).
+        logits_size: classes to cut the logits to, or `None`.
+
+    Returns:
+        The names of the metrics that need labels this batch does not have
+        (left out of the step's logs: unknown, not 0).
+    """
+    if not metrics:
+        return []
+    labels = targets[0][0] if len(targets) == 1 and targets[0][1] is None else None
+    if labels is not None:
+        labels = keras.tree.flatten(labels)[0]  # the first output's, as the logits
+    student = _first_logits(student_logits, logits_size)
+    top = teacher_logits if isinstance(teacher_logits, lm.TopK) else None
+    teacher = None
+    if top is None:
+        teacher = _teacher_logits(teacher_logits, teacher_weights, logits_size)
+    student = ops.stop_gradient(student)
+    skipped = []
+    for metric in metrics:
+        if getattr(metric, "needs_labels", False) and labels is None:
+            skipped.append(metric.name)
+        elif isinstance(metric, TeacherKL):
+            if top is None:
+                metric.update_state(teacher, student, mask)
+            else:
+                metric.add_values(lm.top_k_kl(top, student), mask)
+        elif metric.model == "student":
+            metric.update_state(labels, student, mask)
+        elif top is None:
+            metric.update_state(labels, teacher, mask)
+        else:  # a top-K cache holds the teacher's top-1 log-probability and id
+            correct = top.ids[..., 0] == class_ids(
+                labels, ops.shape(top.ids)[:-1], student.shape[-1]
+            )
+            metric.add_predictions(ops.exp(ops.cast(top.log_probs[..., 0], "float32")),
+                                   correct, mask)
+    return skipped
+
+
+def built_results(metrics):
+    """`{name: value}` of the metrics, leaving out those never built.
+
+    What `keras.Model.get_metrics_result` returns, without the compiled
+    metrics that never saw labels (a Distiller trained on unlabelled data),
+    whose `result()` would fail. A metric whose result is a dict
+    (`TermMeans`) is spread into the logs.
+
+    Args:
+        metrics: the model's `metrics`.
+
+    Returns:
+        A dict of scalars.
+    """
+    results = {}
+    for metric in metrics:
+        if not getattr(metric, "built", True):
+            continue
+        result = metric.result()
+        if isinstance(result, dict):
+            results.update(result)
+        else:
+            results[metric.name] = result
+    return results
+
+
+class TermMeans(keras.metrics.Metric):
+    """Batch-size-weighted running means of several scalars, in one state.
+
+    One update per step instead of one `Mean` per logged term: on small
+    models the per-op cost of many trackers is a visible part of a step.
+    `result()` is a dict, which Keras spreads into the logs.
+
+    Args:
+        names: the names of the scalars, as logged.
+
+    Example:
+
+    ```python
+    means = TermMeans(["student_loss", "distillation_loss"])
+    means.update_state({"student_loss": 1.0, "distillation_loss": 2.0}, 32.0)
+    ```
+    """
+
+    def __init__(self, names):
+        super().__init__(name="distillation_terms")
+        self.names = list(names)
+        self.total = self.add_variable(shape=(len(self.names),), initializer="zeros", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, values, batch_size):
+        """Adds a batch: `values` is `{name: scalar}`, weighed by `batch_size`."""
+        stacked = ops.stack([ops.cast(values[name], "float32") for name in self.names])
+        self.total.assign_add(stacked * batch_size)
+        self.count.assign_add(batch_size)
+
+    def result(self):
+        means = ops.divide_no_nan(self.total, self.count)
+        return {name: means[i] for i, name in enumerate(self.names)}
+
+    def reset_state(self):
+        self.total.assign(ops.zeros_like(self.total))
+        self.count.assign(0.0)
+
+
 __all__ = [
-    "FIDELITY_METRICS", "CalibrationError", "TeacherKL", "class_ids", "get", "is_fidelity_metric",
+    "FIDELITY_METRICS", "CalibrationError", "TeacherKL", "TermMeans", "built_results", "class_ids", "get",
+    "is_fidelity_metric", "split_metrics", "teacher_agreement", "update_fidelity",
 ]

@@ -193,6 +193,26 @@ class EnsembleView:
         )
 
 
+def view(models, layer_paths=None, role="teacher"):
+    """The view that runs one model, or several teachers, once per call.
+
+    Args:
+        models: a list of models: one gives a `ModelView`, several an
+            `EnsembleView` (teachers).
+        layer_paths: `{path: argument}`: the layer paths to tap.
+        role: `"teacher"` or `"student"`, for messages.
+
+    Returns:
+        A `ModelView` or an `EnsembleView`.
+
+    Raises:
+        ValueError: as `ModelView` and `EnsembleView`.
+    """
+    if len(models) == 1:
+        return ModelView(models[0], layer_paths, role)
+    return EnsembleView(models, layer_paths)
+
+
 def _recorders(layers, tapped, softmax_sites, logits):
     """`{layer: call}` replacements that record taps and softmax inputs."""
     plans = {}
@@ -292,8 +312,8 @@ def _softmax_site(tensor):
     activation = getattr(operation, "activation", None)
     if activation in SOFTMAX_FUNCTIONS:
         return (operation, "activation")
-    built_in = type(operation).__module__.startswith("keras.src.") and (
-        activation is None or getattr(activation, "__module__", "").startswith("keras.src.")
+    built_in = _keras_compat.defined_by_keras(type(operation)) and (
+        activation is None or _keras_compat.defined_by_keras(activation)
     )
     return (operation, "none" if built_in else "unknown")
 
@@ -398,6 +418,14 @@ def input_signature(model):
     return tf.TensorSpec((None,) + tuple(shape[1:]), "float32")
 
 
+def input_shapes(model):
+    """Shapes (without the batch axis) of a model's inputs, else `None`."""
+    signature = input_signature(model)
+    if signature is None:
+        return None
+    return [tuple(spec.shape[1:]) for spec in keras.tree.flatten(signature)]
+
+
 def synthetic_batch(signature, batch_size=2, length=8, seed=0):
     """A small batch matching `signature`: uniform floats in [0, 1), ones for
     integer inputs (token ids, masks), `length` for unknown dimensions."""
@@ -455,3 +483,21 @@ def log_probabilities(probabilities):
     """log(p) in float32, floored at the smallest normal float32."""
     probabilities = ops.cast(probabilities, "float32")
     return ops.log(ops.maximum(probabilities, 1.1754944e-38))
+
+
+__all__ = [
+    "FINAL_OUTPUT",
+    "SOFTMAX_FUNCTIONS",
+    "EnsembleView",
+    "ModelView",
+    "ViewOutputs",
+    "ends_with_softmax",
+    "find_softmax",
+    "input_shapes",
+    "input_signature",
+    "log_probabilities",
+    "resolve_layer",
+    "symbolic_outputs",
+    "synthetic_batch",
+    "view",
+]

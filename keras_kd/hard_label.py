@@ -1,0 +1,235 @@
+"""The hard-label term of the Distiller's objective.
+
+`student_loss_weight * loss(y, student(x), sample_weight)`: the loss given to
+`compile`, summed over the batch's `(y, weight)` targets (one, or several
+when an augmentation mixes samples) as a per-replica mean. Two ways it is
+computed differently, with the same value:
+
+- for a language model whose hard-label loss is
+  `SparseCategoricalCrossentropy(from_logits=True)` and whose distillation
+  includes the forward KL on the same logits, one gradient pass gives both
+  (`fused_term`, `fused_values`), sparing two `(batch, sequence,
+  vocabulary)` buffers;
+- while `student_loss_weight` is 0 it is left out of the traced training
+  step (`left_out`), which refuses to run once the weight leaves 0.
+"""
+
+import functools
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_kd import _keras_compat, lm
+from keras_kd.losses.logits import LogitsDistillation
+
+
+def check_compiled(compiled_loss, weight):
+    """Refuses `compile(loss=None)` while the hard-label loss has a weight.
+
+    Args:
+        compiled_loss: the `loss` given to `Distiller.compile`.
+        weight: `student_loss_weight`, as a float.
+
+    Raises:
+        ValueError: if `compiled_loss` is `None` and `weight > 0`.
+    """
+    if compiled_loss is None and weight > 0:
+        raise ValueError(
+            f"Distiller.compile() received loss=None, but "
+            f"student_loss_weight={weight} > 0 needs a hard-label loss. "
+            f"Pass the loss your labels need, e.g. loss=keras.losses."
+            f"SparseCategoricalCrossentropy(from_logits=True), or build "
+            f"the Distiller with student_loss_weight=0.0 to learn from "
+            f"the teacher alone."
+        )
+
+
+def check_labels(targets, weight):
+    """Refuses a batch without labels while the hard-label loss has a weight.
+
+    Args:
+        targets: the batch's `(y, weight)` pairs (empty without labels).
+        weight: `student_loss_weight`, as a float.
+
+    Raises:
+        ValueError: if `targets` is empty and `weight > 0`.
+    """
+    if not targets and weight > 0:
+        raise ValueError(
+            f"The data has no labels, but student_loss_weight="
+            f"{weight} > 0 needs them. Yield "
+            f"(x, y) batches, or build the Distiller with "
+            f"student_loss_weight=0.0 to learn from the teacher alone."
+        )
+
+
+def loss(compiled_loss, targets, student_output, sample_weight):
+    """The hard-label loss of a batch, a plain per-replica mean.
+
+    Args:
+        compiled_loss: the model's compiled loss (`_keras_compat.compile_loss`).
+        targets: the batch's `(y, weight)` pairs (`keras_kd.augment`).
+        student_output: the student's output.
+        sample_weight: the batch's sample weights, or `None`.
+
+    Returns:
+        A float32 scalar: the sum over targets of
+        `compiled_loss(y, student_output, sample_weight * weight)`, without
+        the division by the replica count that `keras.losses.Loss` applies.
+    """
+    return total([
+        unscaled(ops.cast(compiled_loss(
+            y, student_output, combine_weights(sample_weight, target_weight)), "float32"))
+        for y, target_weight in targets
+    ])
+
+
+def left_out(weight):
+    """The hard-label loss (0) of a training step traced while its weight is 0.
+
+    Left out of the traced step (for a language model, a full-vocabulary
+    cross-entropy and its gradient). The Distiller's
+    `make_train_function()` retraces when the weight leaves 0; a stale step
+    refuses to run rather than ignore it.
+
+    Args:
+        weight: `student_loss_weight`, as a float32 tensor.
+
+    Returns:
+        A float32 zero that depends on the check `weight == 0`.
+    """
+    check = tf.debugging.assert_equal(
+        weight, 0.0,
+        message="student_loss_weight left 0 after the training step was "
+        "traced without the hard-label loss. Call "
+        "distiller.make_train_function(force=True) after changing it, "
+        "or change it with keras_kd.callbacks.DistillationScheduler.",
+    )
+    with tf.control_dependencies([check]):
+        return total([]) + 0.0
+
+
+def fused_term(terms, hard_label_loss, hard_label_loss_weights, targets,
+               teacher_outputs, student_outputs, training, mask):
+    """The term whose gradient pass can also compute the hard-label loss
+    (`LogitsDistillation.compute_loss_and_cross_entropy`), or `None`.
+
+    Only in training, for token-level logits that are the student's
+    output, one label per position, the hard-label loss
+    `keras.losses.SparseCategoricalCrossentropy(from_logits=True)`
+    (without `ignore_class` or loss weights) and a forward-KL term on
+    those logits: there, the value is the same and the step spares two
+    `(batch, sequence, vocabulary)` buffers.
+
+    Args:
+        terms: the Distiller's `Term`s.
+        hard_label_loss: the loss given to `compile`.
+        hard_label_loss_weights: the `loss_weights` given to `compile`.
+        targets: the batch's `(y, weight)` pairs.
+        teacher_outputs: the teacher's `ViewOutputs`.
+        student_outputs: the student's `ViewOutputs`.
+        training: whether this is a training step.
+        mask: the mask of real tokens, or `None`.
+
+    Returns:
+        A `Term`, or `None`.
+    """
+    student = student_outputs.output
+    if not (training and mask is not None and len(targets) == 1 and targets[0][1] is None
+            and not isinstance(teacher_outputs.logits, lm.TopK)
+            and student is student_outputs.logits and len(student.shape) == 3
+            and _keras_compat.keras_mask(student) is None
+            and _is_plain_token_cross_entropy(hard_label_loss)
+            and hard_label_loss_weights is None):
+        return None
+    for term in terms:
+        if (isinstance(term.loss, LogitsDistillation) and term.loss.fuses_cross_entropy
+                and term.teacher_path is None and term.student_path is None
+                and term.expects_logits and term.logits_size is None
+                and term.connector is None):
+            return term
+    return None
+
+
+def fused_values(term, hard_label_loss, y, sample_weight, teacher_outputs, student_outputs, mask):
+    """A fused term's value and the hard-label loss, from one gradient pass.
+
+    Args:
+        term: the `Term` returned by `fused_term`.
+        hard_label_loss: the loss given to `compile`.
+        y: the batch's labels.
+        sample_weight: the batch's sample weights, or `None`.
+        teacher_outputs: the teacher's `ViewOutputs`.
+        student_outputs: the student's `ViewOutputs`.
+        mask: the mask of real tokens.
+
+    Returns:
+        `(term value, hard-label loss)`, float32 scalars; the hard-label
+        loss equals `loss(...)` of the same batch: the reduction and dtype
+        of `hard_label_loss`, a per-replica mean.
+    """
+    teacher, student = term.pair(teacher_outputs, student_outputs, training=True)
+    term.loss.validate_outputs(teacher, student)
+    value, cross_entropy = term.loss.compute_loss_and_cross_entropy(teacher, student, y, mask)
+    hard_label = _PerPositionLoss(hard_label_loss)(y, cross_entropy, sample_weight)
+    return ops.cast(value, "float32"), unscaled(ops.cast(hard_label, "float32"))
+
+
+def _is_plain_token_cross_entropy(loss):
+    """Whether a compiled `loss` is `SparseCategoricalCrossentropy(from_logits=True)`
+    without `ignore_class` (the one `_PerPositionLoss` can stand in for)."""
+    if not isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
+        return False
+    config = loss.get_config()
+    return config.get("from_logits") is True and config.get("ignore_class") is None
+
+
+class _PerPositionLoss(keras.losses.Loss):
+    """A compiled loss's reduction applied to values computed elsewhere.
+
+    `_PerPositionLoss(loss)(y, values, sample_weight)` equals
+    `loss(y, y_pred, sample_weight)` when `values` are `loss`'s per-position
+    values of `y_pred`: the same reduction, dtype and replica scaling.
+    """
+
+    def __init__(self, loss):
+        super().__init__(name=loss.name, reduction=loss.reduction, dtype=loss.dtype)
+
+    def call(self, y_true, y_pred):
+        return y_pred
+
+
+def total(values):
+    """The sum of a list of scalars (0 for none), without extra ops."""
+    return functools.reduce(ops.add, values) if values else ops.zeros((), "float32")
+
+
+def combine_weights(sample_weight, target_weight):
+    """The product of two optional per-sample weights."""
+    if target_weight is None:
+        return sample_weight
+    if sample_weight is None:
+        return target_weight
+    return ops.cast(sample_weight, "float32") * ops.cast(target_weight, "float32")
+
+
+def unscaled(value):
+    """A `keras.losses.Loss` value times the replica count: `Loss.__call__`
+    divides by `num_replicas_in_sync`; the Distiller scales the whole
+    objective once (no op on one replica)."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return value if replicas == 1 else value * replicas
+
+
+__all__ = [
+    "check_compiled",
+    "check_labels",
+    "combine_weights",
+    "fused_term",
+    "fused_values",
+    "left_out",
+    "loss",
+    "total",
+    "unscaled",
+]
