@@ -326,7 +326,7 @@ def test_the_fused_gradient_equals_autodiff_of_both_terms(temperature, mode):
 def test_values_are_computed_by_chunks_of_positions_that_may_overlap(monkeypatch, positions_per_chunk):
     # 15 positions: chunks of 4 start at 0, 4, 8 and 11 (the last one overlaps).
     teacher, student, labels, _ = random_terms(4)
-    monkeypatch.setattr(logit_losses, "_CHUNK_ELEMENTS", positions_per_chunk * 11)
+    monkeypatch.setattr("keras_kd.losses._fused_kl._CHUNK_ELEMENTS", positions_per_chunk * 11)
     calls = []
 
     def values(t, s, y):

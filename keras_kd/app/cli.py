@@ -23,7 +23,11 @@ from keras_kd.app import datasets
 TEMPERATURE = 4.0
 STUDENT_LOSS_WEIGHT = 0.1
 FEATURE_LOSSES = ("mse",) + tuple(losses.FEATURE_LOSSES)
-"""--feature loss names: Keras's mse (FitNets' hint) and keras_kd's registry."""
+"""--feature loss names: Keras's mse (FitNets' hint) and the feature losses of
+keras_kd's one name table, `keras_kd.losses.LOSSES`."""
+CONFIG_CLASSES = tuple(sorted(cls.__name__ for cls in losses.LOSSES.values()
+                              if issubclass(cls, losses.DistillationLoss)))
+"""--config `class_name`s: the distillation-loss classes of `keras_kd.losses.LOSSES`."""
 
 
 class UsageError(Exception):
@@ -678,10 +682,6 @@ def config_loss(entry, index, path):
 
     import keras_kd
 
-    available = sorted(name.partition(">")[2] for name, cls in keras.saving.get_custom_objects().items()
-                       if name.startswith("keras_kd>") and isinstance(cls, type)
-                       and issubclass(cls, keras_kd.DistillationLoss) and not name.partition(">")[2]
-                       .startswith("_") and cls is not keras_kd.DistillationLoss)
     where = f"Config file '{path}': distillation_losses[{index}]"
     if not isinstance(entry, dict) or "class_name" not in entry:
         raise UsageError(f"{where} is {json.dumps(entry)[:60]}, but an object "
@@ -691,10 +691,10 @@ def config_loss(entry, index, path):
         loss = keras.saving.deserialize_keras_object(entry)
     except Exception as error:  # noqa: BLE001 - any failure means "not a loss"
         raise UsageError(f"{where} ({entry['class_name']!r}) cannot be built: "
-                         f"{str(error).strip().splitlines()[0]} Use one of: {', '.join(available)}.") from error
+                         f"{str(error).strip().splitlines()[0]} Use one of: {', '.join(CONFIG_CLASSES)}.") from error
     if not isinstance(loss, keras_kd.DistillationLoss):
         raise UsageError(f"{where} names class {entry['class_name']!r}, which is not a keras_kd "
-                         f"distillation loss. Use one of: {', '.join(available)}.")
+                         f"distillation loss. Use one of: {', '.join(CONFIG_CLASSES)}.")
     return loss
 
 

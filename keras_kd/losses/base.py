@@ -275,3 +275,15 @@ def keras_loss_function(loss, also_accepted, example, names=()):
         )
     per_sample = fn.call if isinstance(fn, keras.losses.Loss) else fn
     return per_sample, getattr(fn, "fn", fn)
+
+
+__all__ = [
+    "DistillationLoss",
+    "deserialize_loss",
+    "global_token_count",
+    "keras_loss_function",
+    "map_losses",
+    "masked_mean",
+    "serialize_loss",
+    "sum_over_outputs",
+]

@@ -8,7 +8,8 @@ from keras import ops
 from keras_kd import lm
 from keras_kd._validation import check_number
 from keras_kd.losses.base import DistillationLoss, masked_mean, sum_over_outputs
-from keras_kd.losses.logits import LogitsDistillation, kl_divergence, log_softmax_at
+from keras_kd.losses.divergences import kl_divergence
+from keras_kd.losses.logits import LogitsDistillation, softened
 
 
 def reverse_gradient(value, strength):
@@ -204,9 +205,8 @@ class CTKD(DistillationLoss):
         temperature = self.temperature
 
         def per_output(_, teacher, student):
-            log_p = log_softmax_at(teacher, temperature)
-            log_q = log_softmax_at(student, temperature)
-            return masked_mean(kl_divergence(log_p, log_q) * ops.square(temperature), mask)
+            forward_kl = lambda log_p, log_q, labels: kl_divergence(log_p, log_q)
+            return masked_mean(softened(forward_kl, teacher, student, temperature), mask)
 
         return sum_over_outputs(per_output, self, teacher_outputs, student_outputs)
 
@@ -219,3 +219,6 @@ class CTKD(DistillationLoss):
             "max_reversal": self.max_reversal,
             "ramp_epochs": self.ramp_epochs,
         }
+
+
+__all__ = ["CTKD", "reverse_gradient"]

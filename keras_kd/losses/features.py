@@ -344,18 +344,6 @@ class PKT(FeatureLoss):
         return {"epsilon": self.epsilon}
 
 
-FEATURE_LOSSES = {
-    "hint": Hint,
-    "cosine": CosineDistance,
-    "attention": AttentionTransfer,
-    "similarity": SimilarityPreserving,
-    "rkd_distance": RKDDistance,
-    "rkd_angle": RKDAngle,
-    "pkt": PKT,
-}
-"""keras_kd's feature-loss names, for `loss=` in Python and the CLI."""
-
-
 class _KerasFeatureLoss(FeatureLoss):
     """A Keras loss name, instance or function as a feature loss:
     `mean(loss(t, s))`, per position before the mean."""
@@ -364,7 +352,7 @@ class _KerasFeatureLoss(FeatureLoss):
         self.keras_per_sample, _ = keras_loss_function(
             loss, "a keras_kd feature loss",
             "loss='mse' or loss=keras_kd.losses.AttentionTransfer()",
-            names=FEATURE_LOSSES,
+            names=_names_here(),
         )
 
     def __call__(self, teacher_features, student_features):
@@ -377,11 +365,27 @@ class _KerasFeatureLoss(FeatureLoss):
 
 
 def _resolve(loss):
+    """The feature loss of one `loss=` entry of `FeatureDistillation`."""
     if loss is None or isinstance(loss, FeatureLoss):
         return loss
-    if isinstance(loss, str) and loss in FEATURE_LOSSES:
-        return FEATURE_LOSSES[loss]()
+    if isinstance(loss, str):
+        from keras_kd import losses  # the table of names; imports this module
+
+        named = losses.lookup(loss)
+        if named is not None and issubclass(named, FeatureLoss):
+            return named()
+        if named is FeatureDistillation:  # the name of this class: its default loss
+            return _KerasFeatureLoss("mse")
+        if named is not None:
+            raise ValueError(losses.refusal(loss, named, "FeatureDistillation", _names_here()))
     return _KerasFeatureLoss(loss)
+
+
+def _names_here():
+    """The names of the table `FeatureDistillation(loss=...)` applies."""
+    from keras_kd import losses
+
+    return sorted([*losses.FEATURE_LOSSES, losses.name_of(FeatureDistillation)])
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -590,3 +594,15 @@ class FeatureDistillation(DistillationLoss):
             )
         return cls(**config)
 
+
+__all__ = [
+    "PKT",
+    "AttentionTransfer",
+    "CosineDistance",
+    "FeatureDistillation",
+    "FeatureLoss",
+    "Hint",
+    "RKDAngle",
+    "RKDDistance",
+    "SimilarityPreserving",
+]

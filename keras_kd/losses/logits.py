@@ -1,6 +1,15 @@
-"""Logit distillation: losses between the teacher's and the student's logits."""
+"""Logit distillation: thin loss classes over the functions of `divergences`.
 
-import functools
+Every class here turns a teacher output and a student output into a loss the
+same way, in `LogitsDistillation.compute_loss` and `per_position`: z-score
+the logits if asked (`standardize`), soften both at the temperature
+(`log_softmax(logits / T)`), apply the divergence (`call`, one value per
+position), multiply by `T²`, then take the mean over real positions
+(`masked_mean`) and sum over the models' outputs. A subclass is its
+constructor and its `call`; the math lives in `keras_kd.losses.divergences`,
+the memory-sparing forward-KL kernel in `keras_kd.losses._fused_kl`.
+"""
+
 import numbers
 
 import keras
@@ -10,6 +19,13 @@ from keras import ops
 
 from keras_kd import lm
 from keras_kd._validation import as_float, check_flag, check_number
+from keras_kd.losses import divergences
+from keras_kd.losses._fused_kl import (  # noqa: F401 - _chunked_positions, _forward_kl_values: re-exported for tests/test_lm.py
+    _chunked_positions,
+    _forward_kl_fused,
+    _forward_kl_values,
+    forward_kl_and_cross_entropy,
+)
 from keras_kd.losses.base import (
     DistillationLoss,
     deserialize_loss,
@@ -20,335 +36,77 @@ from keras_kd.losses.base import (
     sum_over_outputs,
 )
 
+# Where these functions lived before `divergences`: importable from here too.
+from keras_kd.losses.divergences import (
+    generalized_jsd,
+    jensen_shannon,
+    kl_divergence,
+    log_softmax_at,
+    logits_mse,
+    reverse_kl,
+    soft_cross_entropy,
+    standardize_logits,
+)
 
-def log_softmax_at(logits, temperature):
-    """Log-probabilities of `logits / temperature`, in float32."""
-    logits = ops.cast(logits, "float32")
-    return ops.log_softmax(logits / ops.cast(temperature, "float32"), axis=-1)
+
+class _OnLogits:
+    """A term computed from the logits themselves, `fn(teacher, student,
+    temperature) -> per-position values`: it softens (or not) on its own.
+
+    Every other term is a divergence `fn(log_p, log_q, labels)` of the
+    softened log-probabilities, which `LogitsDistillation.per_position`
+    softens and scales by T².
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
 
 
-def standardize_logits(logits, epsilon=1e-7):
-    """Z-scores logits over the last axis, per position (logit standardization).
+_FORWARD_KL = _OnLogits(_forward_kl_fused)
+"""The default term: `T² · KL` with a hand-written, memory-sparing gradient."""
 
-    `(z - mean(z)) / (std(z) + epsilon)`, with the standard deviation over
-    the classes computed as the authors' code does (PyTorch's `std`, which
-    divides by `classes - 1`). Softmax at temperature `T` of the result is
-    softmax of `z / (T std(z))`: each model's own spread sets its effective
-    temperature, so the student matches the teacher's logit relations, not
-    their range.
+
+def softened(divergence, teacher_logits, student_logits, temperature, labels=None):
+    """`T² · divergence(log_softmax(t/T), log_softmax(s/T), labels)`.
+
+    The one place where keras_kd softens logits and scales a divergence by
+    `T²` (Hinton et al.: the gradients keep their size as `T` changes).
 
     Args:
-        logits: shape `(..., classes)`, `classes >= 2`.
-        epsilon: added to the standard deviation (the authors' 1e-7).
-
-    Returns:
-        A float32 tensor of the same shape.
-
-    Reference:
-        Sun, Ren, Li, Wang & Cao, "Logit Standardization in Knowledge
-        Distillation", CVPR 2024, arXiv:2403.01427.
-    """
-    logits = ops.cast(logits, "float32")
-    centered = logits - ops.mean(logits, axis=-1, keepdims=True)
-    degrees = max(logits.shape[-1] - 1, 1)
-    std = ops.sqrt(ops.sum(ops.square(centered), axis=-1, keepdims=True) / degrees)
-    return centered / (std + epsilon)
-
-
-# Divergences between distributions given as log-probabilities `log_p`
-# (teacher) and `log_q` (student), both (..., classes). Each returns one value
-# per position (the last axis summed, nothing averaged): softening, the T²
-# factor, masks and the mean happen once, in `LogitsDistillation`.
-
-
-def kl_divergence(log_p, log_q):
-    """Forward KL, `KL(p ‖ q) = sum p (log p - log q)`, per position.
-
-    Args:
-        log_p: teacher log-probabilities, shape `(..., classes)`.
-        log_q: student log-probabilities, same shape.
-
-    Returns:
-        A float32 tensor of shape `(...)`. Exact where probabilities
-        underflow: no clipping, only log-probabilities.
-    """
-    return ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1)
-
-
-def reverse_kl(log_p, log_q):
-    """Reverse KL, `KL(q ‖ p)` (student to teacher), per position: mode-seeking.
-
-    Args:
-        log_p: teacher log-probabilities, shape `(..., classes)`.
-        log_q: student log-probabilities, same shape.
-
-    Returns:
-        A float32 tensor of shape `(...)`.
-    """
-    return kl_divergence(log_q, log_p)
-
-
-def generalized_jsd(log_p, log_q, beta=0.5):
-    """Generalized Jensen-Shannon divergence, per position.
-
-    With the mixture `m = beta p + (1 - beta) q`:
-    `beta KL(p ‖ m) + (1 - beta) KL(q ‖ m)`. The ends are the two KLs, as in
-    TRL's `generalized_jsd_loss`: `beta=0` gives the forward `KL(p ‖ q)` and
-    `beta=1` the reverse `KL(q ‖ p)` (the interpolation itself tends to 0 at
-    both ends; the GKD paper names the ends the other way round and scales
-    the interpolation). `beta=0.5` is the symmetric Jensen-Shannon
-    divergence, bounded by `log 2`.
-
-    Args:
-        log_p: teacher log-probabilities, shape `(..., classes)`.
-        log_q: student log-probabilities, same shape.
-        beta: the teacher's weight in the mixture, in [0, 1] (a Python
-            float or a scalar tensor for the interior).
-
-    Returns:
-        A float32 tensor of shape `(...)`.
-
-    Reference:
-        Agarwal et al., "On-Policy Distillation of Language Models: Learning
-        from Self-Generated Mistakes", ICLR 2024, arXiv:2306.13649.
-    """
-    if isinstance(beta, (int, float)) and beta in (0, 1):
-        return kl_divergence(log_p, log_q) if beta == 0 else reverse_kl(log_p, log_q)
-    beta = ops.cast(beta, "float32")
-    log_m = ops.logsumexp(
-        ops.stack([log_p + ops.log(beta), log_q + ops.log(1.0 - beta)]), axis=0
-    )
-    return beta * kl_divergence(log_p, log_m) + (1.0 - beta) * kl_divergence(log_q, log_m)
-
-
-def jensen_shannon(log_p, log_q):
-    """Jensen-Shannon divergence (`generalized_jsd` at `beta=0.5`), per position."""
-    return generalized_jsd(log_p, log_q, 0.5)
-
-
-def soft_cross_entropy(log_p, log_q):
-    """Cross-entropy `H(p, q) = -sum p log q`, per position.
-
-    Equals `kl_divergence` plus the teacher's entropy (a constant for the
-    student), so it has the same gradients.
-    """
-    return -ops.sum(ops.exp(log_p) * log_q, axis=-1)
-
-
-def logits_mse(teacher_logits, student_logits):
-    """Mean squared difference of raw logits over the last axis, per position.
-
-    Args:
+        divergence: `fn(log_p, log_q, labels)` returning per-position values
+            (e.g. `lambda p, q, _: divergences.reverse_kl(p, q)`).
         teacher_logits: shape `(..., classes)`.
         student_logits: same shape.
+        temperature: `T > 0`, a number or a scalar tensor/variable.
+        labels: passed to `divergence` (class ids, or `None`).
 
     Returns:
-        A float32 tensor of shape `(...)`.
+        A float32 tensor: `divergence`'s values times `T²`.
+
+    Reference:
+        Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural
+        Network", NeurIPS Deep Learning Workshop 2014, arXiv:1503.02531.
     """
-    difference = ops.cast(teacher_logits, "float32") - ops.cast(student_logits, "float32")
-    return ops.mean(ops.square(difference), axis=-1)
+    log_p = log_softmax_at(teacher_logits, temperature)
+    log_q = log_softmax_at(student_logits, temperature)
+    return divergence(log_p, log_q, labels) * ops.square(ops.cast(temperature, "float32"))
 
 
-def _on_distributions(divergence):
-    """`divergence(log_p, log_q)` as `fn(t, s, T, labels)`: softened at T, times T²."""
+def _on_scaled_logits(per_sample):
+    """A Keras loss applied as keras.distillation does: to `t/T` and `s/T`, no T²."""
 
-    def per_position(teacher_logits, student_logits, temperature, labels=None):
-        log_p = log_softmax_at(teacher_logits, temperature)
-        log_q = log_softmax_at(student_logits, temperature)
-        return divergence(log_p, log_q) * ops.square(ops.cast(temperature, "float32"))
+    def on_logits(teacher_logits, student_logits, temperature):
+        temperature = ops.cast(temperature, "float32")
+        teacher = ops.cast(teacher_logits, "float32") / temperature
+        student = ops.cast(student_logits, "float32") / temperature
+        return per_sample(teacher, student)
 
-    per_position.divergence = divergence
-    return per_position
-
-
-_CHUNK_ELEMENTS = 2**20
-"""Logit elements (4 MiB in float32) per chunk of positions in
-`_chunked_positions`: each intermediate of a chunk takes about this much."""
+    return _OnLogits(on_logits)
 
 
-def _chunked_positions(function, tensors, outputs=1):
-    """Per-position values of `function`, a chunk of positions at a time.
-
-    For outputs with a sequence axis (language models), the leading
-    (batch, sequence) axes of `tensors` are flattened into positions and
-    `function` runs on chunks of `_CHUNK_ELEMENTS // vocabulary` positions:
-    its `(positions, vocabulary)` intermediates take a chunk's size, not a
-    `(batch, sequence, vocabulary)` buffer each. A chunk is a slice along
-    the first axis, which TensorFlow hands over without a copy. Every chunk
-    has the same size (the last one starts earlier and overlaps the one
-    before), so the loop also compiles with XLA.
-
-    Args:
-        function: `function(*chunks)` returns a tuple of `outputs`
-            `(positions,)` float32 values.
-        tensors: `(batch, sequence, ...)` tensors; without a sequence axis
-            (2-D logits), `function` is called once on them as they are.
-        outputs: how many values `function` returns.
-
-    Returns:
-        The tuple of `(batch, sequence)` values.
-    """
-    if len(tensors[0].shape) < 3:
-        return function(*tensors)
-    leading = tf.shape(tensors[0])[:2]
-    rows = [tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0)) for x in tensors]
-    count = tf.shape(rows[0])[0]
-    size = tf.minimum(count, tf.maximum(1, _CHUNK_ELEMENTS // tf.shape(rows[0])[-1]))
-    chunks = (count + size - 1) // size
-    starts = tf.minimum(tf.range(chunks) * size, count - size)
-    arrays = tuple(tf.TensorArray(tf.float32, size=chunks) for _ in range(outputs))
-
-    def body(i, arrays):
-        chunk = [x[starts[i]:starts[i] + size] for x in rows]
-        return i + 1, tuple(a.write(i, v) for a, v in zip(arrays, function(*chunk)))
-
-    # One chunk at a time: TensorFlow would otherwise run up to 10 at once.
-    _, arrays = tf.while_loop(lambda i, _: i < chunks, body, (tf.constant(0), arrays),
-                              parallel_iterations=1)
-    # Position r was computed in chunk min(r // size, chunks - 1), at offset r - its start.
-    positions = tf.range(count)
-    chunk_of = tf.minimum(positions // size, chunks - 1)
-    taken = chunk_of * size + positions - tf.gather(starts, chunk_of)
-    return tuple(tf.reshape(tf.gather(a.concat(), taken), leading) for a in arrays)
-
-
-def _forward_kl_values(teacher, student, temperature):
-    log_p = ops.log_softmax(ops.cast(teacher, "float32") / temperature, axis=-1)
-    log_q = ops.log_softmax(ops.cast(student, "float32") / temperature, axis=-1)
-    return ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1) * ops.square(temperature)
-
-
-def _forward_kl_gradient(teacher, student, temperature, upstream):
-    p = ops.softmax(ops.cast(teacher, "float32") / temperature, axis=-1)
-    q = ops.softmax(ops.cast(student, "float32") / temperature, axis=-1)
-    return (q - p) * (upstream[..., None] * temperature)
-
-
-def _softmax_minus_one_hot(logits, labels):
-    """`softmax(logits) - one_hot(labels)` (the gradient of the cross-entropy),
-    from TensorFlow's fused kernel, which writes it in the logits' buffer
-    when nothing else needs them."""
-    vocabulary = tf.shape(logits)[-1]
-    _, gradient = tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(
-        features=tf.reshape(logits, [-1, vocabulary]), labels=tf.reshape(labels, [-1]))
-    return tf.reshape(gradient, tf.shape(logits))
-
-
-def _forward_kl_fused(teacher_logits, student_logits, temperature, labels=None):
-    """`_on_distributions(kl_divergence)` computed to spare memory.
-
-    Same value; the gradient with respect to the student's logits is
-    `T (softmax(s/T) - softmax(t/T))` per position. Nothing but the two
-    models' logits is kept for the backward pass; the values are computed
-    a chunk of positions at a time (`_chunked_positions`), and the gradient
-    waits for the gradient flowing in (TensorFlow would otherwise run it
-    during the forward pass, beside everything else), then reuses the two
-    logits' buffers: two `(batch, sequence, vocabulary)` buffers in all.
-    """
-    temperature = tf.cast(tf.convert_to_tensor(temperature), "float32")  # a variable: read once, here
-    teacher = ops.stop_gradient(teacher_logits)  # a constant of the step, not an input
-
-    @tf.custom_gradient
-    def fused(student):
-        def gradient(upstream):
-            with tf.control_dependencies([upstream]):
-                return ops.cast(_forward_kl_gradient(teacher, student, temperature, upstream), student.dtype)
-
-        (values,) = _chunked_positions(lambda t, s: (_forward_kl_values(t, s, temperature),), (teacher, student))
-        return values, gradient
-
-    return fused(student_logits)
-
-
-def forward_kl_and_cross_entropy(teacher_logits, student_logits, temperature, labels):
-    """Per-position forward KL and hard-label cross-entropy, with one gradient.
-
-    A language model's step needs both terms, and each one's gradient with
-    respect to the student's logits is a `(batch, sequence, vocabulary)`
-    tensor; computed apart, the two gradients and their sum take three such
-    buffers besides the logits. Here the backward pass computes
-    `u_kl T (softmax(s/T) - softmax(t/T)) + u_ce (softmax(s) - onehot(y))`,
-    where `u_kl`, `u_ce` are the gradients flowing into each term's values,
-    in the logits' own buffers: at `T = 1` as
-    `(u_kl + u_ce) (softmax(s) - onehot(y)) - u_kl (softmax(t) - onehot(y))`,
-    two buffers in all (the one-hot terms cancel up to float32 rounding,
-    ~1e-7 absolute at the label); at other temperatures `softmax(s/T)`
-    and `softmax(s)` both need `s`, and one more buffer. The values equal
-    `_forward_kl_fused` and
-    `keras.losses.sparse_categorical_crossentropy(y, s, from_logits=True)`,
-    computed a chunk of positions at a time (`_chunked_positions`).
-
-    Args:
-        teacher_logits: `(batch, sequence, vocabulary)`.
-        student_logits: the same shape.
-        temperature: the KL's softmax temperature (the cross-entropy's is 1).
-        labels: `(batch, sequence)` integer token ids.
-
-    Returns:
-        `(kl, cross_entropy)`, each `(batch, sequence)` float32: the KL times
-        T², and the negative log-likelihood of the labels.
-    """
-    if len(student_logits.shape) != 3:
-        raise ValueError(
-            f"forward_kl_and_cross_entropy() takes token-level logits "
-            f"(batch, sequence, vocabulary), but received the shape "
-            f"{tuple(student_logits.shape)}.")
-    temperature = tf.cast(tf.convert_to_tensor(temperature), "float32")  # a variable: read once, here
-    teacher = ops.stop_gradient(teacher_logits)
-    labels = ops.cast(labels, "int32")
-
-    def values(t, s, y):
-        log_q = ops.log_softmax(ops.cast(s, "float32"), axis=-1)
-        nll = -ops.take_along_axis(log_q, y[..., None], axis=-1)[..., 0]
-        return _forward_kl_values(t, s, temperature), nll
-
-    @tf.custom_gradient
-    def fused(student):
-        def gradient(u_kl, u_ce):
-            # Not before the gradient flows in: see _forward_kl_fused.
-            with tf.control_dependencies([u_kl, u_ce]):
-                t, s = ops.cast(teacher, "float32"), ops.cast(student, "float32")
-
-                def at_one():
-                    kl_part = _softmax_minus_one_hot(t, labels) * -u_kl[..., None]
-                    with tf.control_dependencies([kl_part]):  # then s's buffer is free to reuse
-                        return kl_part + _softmax_minus_one_hot(s, labels) * (u_kl + u_ce)[..., None]
-
-                def at_other():
-                    kl_part = _forward_kl_gradient(t, s, temperature, u_kl)
-                    with tf.control_dependencies([kl_part]):
-                        return kl_part + _softmax_minus_one_hot(s, labels) * u_ce[..., None]
-
-                student_gradient = tf.cond(ops.equal(temperature, 1.0), at_one, at_other)
-            return ops.cast(student_gradient, student.dtype)
-
-        return _chunked_positions(values, (teacher, student, labels), outputs=2), gradient
-
-    return fused(student_logits)
-
-
-_forward_kl_fused.divergence = kl_divergence
-
-
-def _on_raw_logits(fn):
-    def per_position(teacher_logits, student_logits, temperature, labels=None):
-        return fn(teacher_logits, student_logits)
-
-    return per_position
-
-
-LOGIT_LOSSES = {
-    "reverse_kl": _on_distributions(reverse_kl),
-    "jensen_shannon": _on_distributions(jensen_shannon),
-    "js": _on_distributions(jensen_shannon),
-    "logits_mse": _on_raw_logits(logits_mse),
-}
-"""keras_kd's logit-loss names, for `LogitsDistillation(loss=...)`."""
-
-
-def _resolve(loss):
-    """Maps a `loss=` entry to `fn(teacher, student, temperature, labels)`,
-    which returns one value per position."""
+def _term_of(loss):
+    """The term of one `loss=` entry of `LogitsDistillation`: a divergence of
+    log-probabilities, an `_OnLogits`, or `None` (an output left out)."""
     if loss is None:
         return None
     if isinstance(loss, DistillationLoss):
@@ -359,24 +117,30 @@ def _resolve(loss):
             f"distillation loss: distillation_losses=[{type(loss).__name__}"
             f"(temperature=...)]."
         )
-    if isinstance(loss, str) and loss in LOGIT_LOSSES:
-        return LOGIT_LOSSES[loss]
+    from keras_kd import losses  # the table of names; imports this module
+
+    named = losses.lookup(loss) if isinstance(loss, str) else None
+    if named is LogitsDistillation:
+        return _FORWARD_KL
+    if named in _APPLIED_BY_NAME:
+        return named()._terms  # its divergence, softened at this loss's temperature
+    if named is not None:
+        raise ValueError(losses.refusal(loss, named, "LogitsDistillation", _names_here()))
     per_sample, core = keras_loss_function(
-        loss, "a keras_kd logit loss", "loss='kl_divergence'", names=LOGIT_LOSSES
+        loss, "a keras_kd logit loss", "loss='kl_divergence'", names=_names_here()
     )
     if core is keras.losses.kl_divergence:
-        return _forward_kl_fused
+        return _FORWARD_KL
     if core is keras.losses.categorical_crossentropy:
-        return _on_distributions(soft_cross_entropy)
+        return lambda log_p, log_q, labels: soft_cross_entropy(log_p, log_q)
+    return _on_scaled_logits(per_sample)
 
-    def on_scaled_logits(teacher_logits, student_logits, temperature, labels=None):
-        # As keras.distillation: the Keras loss of t/T and s/T, no T².
-        temperature = ops.cast(temperature, "float32")
-        teacher = ops.cast(teacher_logits, "float32") / temperature
-        student = ops.cast(student_logits, "float32") / temperature
-        return per_sample(teacher, student)
 
-    return on_scaled_logits
+def _names_here():
+    """The names of the table `LogitsDistillation(loss=...)` applies."""
+    from keras_kd import losses
+
+    return sorted(losses.name_of(cls) for cls in (LogitsDistillation, *_APPLIED_BY_NAME))
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -436,27 +200,42 @@ class LogitsDistillation(DistillationLoss):
 
     expects_logits = True
     schedulable = ("temperature",)
-    _fixed_loss = False  # family members choose their loss themselves
-    _loss_name = None
 
     def __init__(self, temperature=3.0, loss="kl_divergence", standardize=False, name=None):
         self.temperature = check_number(
             temperature, "temperature", minimum=0.0, strict=True
         )
         self.standardize = check_flag(standardize, "standardize")
-        if self._fixed_loss:
-            loss = self._loss_name  # None where the class defines divergence()
         self.loss = loss
-        self._loss_fns = map_losses(_resolve, loss)
-        if not self._fixed_loss and all(
-            fn is None for fn in keras.tree.flatten(self._loss_fns)
-        ):
+        self._terms = self._resolve(loss)
+        if name:
+            self.name = name
+
+    def _resolve(self, loss):
+        """The terms `loss` names, one per model output (see `per_position`)."""
+        terms = map_losses(_term_of, loss)
+        if all(term is None for term in keras.tree.flatten(terms)):
             raise ValueError(
                 f"`loss` must contain at least one loss, but received "
                 f"{loss!r}. Pass e.g. loss='kl_divergence'."
             )
-        if name:
-            self.name = name
+        return terms
+
+    def call(self, log_p, log_q, labels=None):
+        """The divergence of one output's softened log-probabilities.
+
+        What a subclass defines. `LogitsDistillation` itself applies its
+        `loss` instead (the forward KL by default).
+
+        Args:
+            log_p: teacher log-probabilities at the temperature, `(..., classes)`.
+            log_q: student log-probabilities, same shape.
+            labels: the batch's class ids, or `None`.
+
+        Returns:
+            Per-position float32 values, shape `(...)`.
+        """
+        return kl_divergence(log_p, log_q)
 
     def validate_outputs(self, teacher_outputs, student_outputs):
         if not isinstance(teacher_outputs, lm.TopK):  # a top-K cache: any vocabulary
@@ -506,21 +285,37 @@ class LogitsDistillation(DistillationLoss):
         """
         if isinstance(teacher_outputs, lm.TopK):
             return masked_mean(self._top_k_kl(teacher_outputs, student_outputs), mask)
-        # DKD and DIST define divergence() themselves; the rest resolve `loss`.
-        losses = self.divergence if self._loss_fns is None else self._loss_fns
-        prepare = standardize_logits if self.standardize else (lambda logits: logits)
         return sum_over_outputs(
-            lambda fn, t, s: masked_mean(
-                fn(prepare(t), prepare(s), self.temperature, labels), mask
-            ),
-            losses, teacher_outputs, student_outputs,
+            lambda term, t, s: masked_mean(self.per_position(term, t, s, labels), mask),
+            self._terms, teacher_outputs, student_outputs,
         )
+
+    def per_position(self, term, teacher_logits, student_logits, labels=None):
+        """One output's loss before the mean: standardize, soften, diverge, `T²`.
+
+        Args:
+            term: this output's term (a divergence of log-probabilities, or
+                one computed from the logits themselves).
+            teacher_logits: shape `(..., classes)`.
+            student_logits: same shape.
+            labels: the batch's class ids, or `None`.
+
+        Returns:
+            Per-position float32 values (one value for losses that relate
+            the whole batch).
+        """
+        if self.standardize:
+            teacher_logits = standardize_logits(teacher_logits)
+            student_logits = standardize_logits(student_logits)
+        if isinstance(term, _OnLogits):
+            return term.fn(teacher_logits, student_logits, self.temperature)
+        return softened(term, teacher_logits, student_logits, self.temperature, labels)
 
     @property
     def fuses_cross_entropy(self):
         """Whether `compute_loss_and_cross_entropy` applies: the forward
         KL (the default loss) without standardization, on one output."""
-        return self._loss_fns is _forward_kl_fused and not self.standardize
+        return self._terms is _FORWARD_KL and not self.standardize
 
     def compute_loss_and_cross_entropy(self, teacher_outputs, student_outputs, labels, mask=None):
         """`compute_loss(...)` and the per-position hard-label cross-entropy,
@@ -554,7 +349,7 @@ class LogitsDistillation(DistillationLoss):
                 f"has standardize=True. Cache full logits (top_k=None), or "
                 f"distil without standardization."
             )
-        if getattr(self._loss_fns, "divergence", None) is not kl_divergence:
+        if self._terms is not _FORWARD_KL:
             raise ValueError(
                 f"{self.name}: the teacher outputs come from a top-K cache, "
                 f"which supports the forward KL (LogitsDistillation with "
@@ -579,15 +374,10 @@ class LogitsDistillation(DistillationLoss):
         with tf.control_dependencies([one, in_range]):
             return lm.top_k_kl(top, student_logits)
 
-    def divergence(self, teacher_logits, student_logits, temperature, labels=None):
-        """The per-position loss between one teacher and student output."""
-        return self._loss_fns(teacher_logits, student_logits, temperature, labels)
-
     def get_config(self):
         config = super().get_config()
         config["temperature"] = as_float(self.temperature)
-        if not self._fixed_loss:
-            config["loss"] = map_losses(serialize_loss, self.loss)
+        config["loss"] = map_losses(serialize_loss, self.loss)
         if self.standardize:  # only the classes that take the argument set it
             config["standardize"] = True
         return config
@@ -600,17 +390,25 @@ class LogitsDistillation(DistillationLoss):
         return cls(**config)
 
 
-class _FixedLogitLoss(LogitsDistillation):
-    """A member of the logit-loss family: `loss` is fixed by the class."""
+class _OwnDivergence(LogitsDistillation):
+    """A logit loss whose divergence is its own `call`, not a `loss=` argument.
 
-    _fixed_loss = True
+    `loss` stays the name the class is registered under where it has always
+    been set (ReverseKL, JensenShannon, LogitMSE; messages show it), else
+    `None`; it is not serialized.
+    """
 
-    def __init__(self, temperature=1.0, name=None):
-        super().__init__(temperature=temperature, name=name)
+    def _resolve(self, loss):
+        return self.call
+
+    def get_config(self):
+        config = super().get_config()
+        del config["loss"]
+        return config
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class ReverseKL(_FixedLogitLoss):
+class ReverseKL(_OwnDivergence):
     """Reverse KL, `T² · KL(student_T ‖ teacher_T)`: mode-seeking.
 
     The student is penalized for putting mass where the teacher has little,
@@ -632,11 +430,15 @@ class ReverseKL(_FixedLogitLoss):
         Language Models", ICLR 2024, arXiv:2306.08543.
     """
 
-    _loss_name = "reverse_kl"
+    def __init__(self, temperature=1.0, name=None):
+        super().__init__(temperature=temperature, loss="reverse_kl", name=name)
+
+    def call(self, log_p, log_q, labels=None):
+        return reverse_kl(log_p, log_q)
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class JensenShannon(_FixedLogitLoss):
+class JensenShannon(_OwnDivergence):
     """Jensen-Shannon divergence of the softened distributions, times T².
 
     Symmetric and bounded (by `T² log 2`).
@@ -658,11 +460,15 @@ class JensenShannon(_FixedLogitLoss):
         arXiv:2306.13649.
     """
 
-    _loss_name = "jensen_shannon"
+    def __init__(self, temperature=1.0, name=None):
+        super().__init__(temperature=temperature, loss="jensen_shannon", name=name)
+
+    def call(self, log_p, log_q, labels=None):
+        return jensen_shannon(log_p, log_q)
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class GeneralizedJSD(LogitsDistillation):
+class GeneralizedJSD(_OwnDivergence):
     """Generalized Jensen-Shannon divergence of the softened distributions, times T².
 
     `beta KL(p ‖ m) + (1 - beta) KL(q ‖ m)` with `m = beta p + (1 - beta) q`,
@@ -691,24 +497,19 @@ class GeneralizedJSD(LogitsDistillation):
         from Self-Generated Mistakes", ICLR 2024, arXiv:2306.13649.
     """
 
-    _fixed_loss = True
-
     def __init__(self, beta=0.5, temperature=1.0, name=None):
-        super().__init__(temperature=temperature, name=name)
+        super().__init__(temperature=temperature, loss=None, name=name)
         self.beta = check_number(beta, "beta", 0.0, 1.0)
-        self._divergence = _on_distributions(
-            lambda log_p, log_q: generalized_jsd(log_p, log_q, self.beta)
-        )
 
-    def divergence(self, teacher_logits, student_logits, temperature, labels=None):
-        return self._divergence(teacher_logits, student_logits, temperature)
+    def call(self, log_p, log_q, labels=None):
+        return generalized_jsd(log_p, log_q, self.beta)
 
     def get_config(self):
         return {**super().get_config(), "beta": self.beta}
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class LogitMSE(_FixedLogitLoss):
+class LogitMSE(_OwnDivergence):
     """Mean squared error between raw logits (logit regression).
 
     No temperature is applied; the Distiller averages the logits of several
@@ -728,12 +529,14 @@ class LogitMSE(_FixedLogitLoss):
         arXiv:1312.6184.
     """
 
-    _loss_name = "logits_mse"
     schedulable = ()
     mixes_teachers = "logits"
 
     def __init__(self, name=None):
-        super().__init__(temperature=1.0, name=name)
+        super().__init__(temperature=1.0, loss="logits_mse", name=name)
+
+    def _resolve(self, loss):
+        return _OnLogits(lambda teacher, student, temperature: logits_mse(teacher, student))
 
     def get_config(self):
         config = super().get_config()
@@ -783,7 +586,7 @@ class LogitStandardization(LogitsDistillation):
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class DKD(LogitsDistillation):
+class DKD(_OwnDivergence):
     """Decoupled KD: target-class and non-target-class terms, weighted apart.
 
     `alpha · TCKD + beta · NCKD`, both times T²: TCKD is the KL between the
@@ -820,53 +623,27 @@ class DKD(LogitsDistillation):
 
     schedulable = ("temperature", "alpha", "beta")
     uses_labels = True
-    _fixed_loss = True
 
     def __init__(self, temperature=4.0, alpha=1.0, beta=8.0, standardize=False, name=None):
-        super().__init__(temperature=temperature, standardize=standardize, name=name)
+        super().__init__(temperature=temperature, loss=None, standardize=standardize, name=name)
         self.alpha = check_number(alpha, "alpha", minimum=0.0)
         self.beta = check_number(beta, "beta", minimum=0.0)
 
-    def divergence(self, teacher_logits, student_logits, temperature, labels=None):
-        classes = teacher_logits.shape[-1]
-        if labels is None:
-            labels = ops.argmax(teacher_logits, axis=-1)
-        elif len(labels.shape) == len(teacher_logits.shape) and labels.shape[-1] == classes:
+    def call(self, log_p, log_q, labels=None):
+        classes = log_p.shape[-1]
+        if labels is None:  # the teacher's top class
+            labels = ops.argmax(log_p, axis=-1)
+        elif len(labels.shape) == len(log_p.shape) and labels.shape[-1] == classes:
             labels = ops.argmax(labels, axis=-1)  # one-hot labels
-        labels = ops.reshape(ops.cast(labels, "int32"), ops.shape(teacher_logits)[:-1])
-        target = ops.cast(ops.one_hot(labels, classes), "bool")
-        log_p = log_softmax_at(teacher_logits, temperature)
-        log_q = log_softmax_at(student_logits, temperature)
-
-        def binary(log_probs):  # log [p(target), p(rest)]
-            log_target = ops.sum(ops.where(target, log_probs, 0.0), axis=-1)
-            log_rest = ops.logsumexp(ops.where(target, -np.inf, log_probs), axis=-1)
-            return ops.stack([log_target, log_rest], axis=-1)
-
-        def kl(log_a, log_b, mask=None):  # per position
-            terms = ops.exp(log_a) * (log_a - log_b)
-            if mask is not None:
-                terms = ops.where(mask, 0.0, terms)
-            return ops.sum(terms, axis=-1)
-
-        def non_target(log_probs):  # log-probabilities renormalized over the rest
-            rest = ops.where(target, -np.inf, log_probs)
-            return rest - ops.logsumexp(rest, axis=-1, keepdims=True)
-
-        tckd = kl(binary(log_p), binary(log_q))
-        nckd = kl(non_target(log_p), non_target(log_q), mask=target)
-        t_squared = ops.square(ops.cast(temperature, "float32"))
-        return (
-            ops.cast(self.alpha, "float32") * tckd
-            + ops.cast(self.beta, "float32") * nckd
-        ) * t_squared
+        labels = ops.reshape(ops.cast(labels, "int32"), ops.shape(log_p)[:-1])
+        return divergences.dkd(log_p, log_q, labels, self.alpha, self.beta)
 
     def get_config(self):
         return {**super().get_config(), "alpha": as_float(self.alpha), "beta": as_float(self.beta)}
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class DIST(LogitsDistillation):
+class DIST(_OwnDivergence):
     """DIST: matches inter- and intra-class Pearson relations of predictions.
 
     With `p = softmax(t/T)`, `q = softmax(s/T)` of shape `(batch, classes)`:
@@ -897,10 +674,9 @@ class DIST(LogitsDistillation):
     """
 
     schedulable = ("temperature", "beta", "gamma")
-    _fixed_loss = True
 
     def __init__(self, temperature=1.0, beta=1.0, gamma=1.0, name=None):
-        super().__init__(temperature=temperature, name=name)
+        super().__init__(temperature=temperature, loss=None, name=name)
         self.beta = check_number(beta, "beta", minimum=0.0)
         self.gamma = check_number(gamma, "gamma", minimum=0.0)
 
@@ -913,17 +689,8 @@ class DIST(LogitsDistillation):
             )
         return super().compute_loss(teacher_outputs, student_outputs, **kwargs)
 
-    def divergence(self, teacher_logits, student_logits, temperature, labels=None):
-        classes = teacher_logits.shape[-1]
-        p = ops.reshape(ops.exp(log_softmax_at(teacher_logits, temperature)), (-1, classes))
-        q = ops.reshape(ops.exp(log_softmax_at(student_logits, temperature)), (-1, classes))
-        inter = 1.0 - ops.mean(_pearson(p, q, axis=1))
-        intra = 1.0 - ops.mean(_pearson(p, q, axis=0))
-        t_squared = ops.square(ops.cast(temperature, "float32"))
-        return t_squared * (
-            ops.cast(self.beta, "float32") * inter
-            + ops.cast(self.gamma, "float32") * intra
-        )
+    def call(self, log_p, log_q, labels=None):
+        return divergences.dist(log_p, log_q, self.beta, self.gamma)
 
     def get_config(self):
         return {**super().get_config(), "beta": as_float(self.beta), "gamma": as_float(self.gamma)}
@@ -1025,36 +792,21 @@ class MLKD(DistillationLoss):
                 "(top_k=None)."
             )
         return sum_over_outputs(
-            lambda _, t, s: self.divergence(t, s), self, teacher_outputs, student_outputs
+            lambda _, t, s: divergences.mlkd(t, s, self.temperatures),
+            self, teacher_outputs, student_outputs,
         )
-
-    def divergence(self, teacher_logits, student_logits):
-        """The loss between one teacher and student output (a scalar)."""
-        classes = teacher_logits.shape[-1]
-        teacher = ops.reshape(ops.cast(teacher_logits, "float32"), (-1, classes))
-        student = ops.reshape(ops.cast(student_logits, "float32"), (-1, classes))
-        batch = ops.cast(ops.shape(teacher)[0], "float32")
-        total = []
-        for temperature in self.temperatures:
-            log_p = log_softmax_at(teacher, temperature)
-            log_q = log_softmax_at(student, temperature)
-            p, q = ops.exp(log_p), ops.exp(log_q)
-            instance = ops.mean(kl_divergence(log_p, log_q)) * temperature**2
-            samples = ops.sum(ops.square(p @ ops.transpose(p) - q @ ops.transpose(q))) / batch
-            class_level = ops.sum(ops.square(ops.transpose(p) @ p - ops.transpose(q) @ q)) / classes
-            total.append(instance + samples + class_level)
-        return functools.reduce(ops.add, total)
 
     def get_config(self):
         return {**super().get_config(), "temperatures": list(self.temperatures)}
 
 
-def _pearson(a, b, axis, epsilon=1e-8):
-    """Pearson correlation of `a` and `b` along `axis` (authors' epsilon)."""
-    a = a - ops.mean(a, axis=axis, keepdims=True)
-    b = b - ops.mean(b, axis=axis, keepdims=True)
-    norms = ops.sqrt(ops.sum(a * a, axis=axis)) * ops.sqrt(ops.sum(b * b, axis=axis))
-    return ops.sum(a * b, axis=axis) / (norms + epsilon)
+_APPLIED_BY_NAME = (ReverseKL, JensenShannon, GeneralizedJSD, LogitMSE)
+"""The classes whose whole loss is a divergence at a temperature (or of raw
+logits): `LogitsDistillation(loss=<their name>)` applies it at its own
+temperature, as `<Class>(temperature=T)` would. The other logit losses take
+labels (DKD), relate the batch (DIST), standardize (LogitStandardization) or
+set their own temperatures (MLKD, CTKD): as `loss=` they are refused, with
+how to pass them."""
 
 
 def mixture_logits(teacher_logits, weights, temperature, mixes="distributions"):
@@ -1099,3 +851,27 @@ def _output_shapes(model):
     if not outputs:
         return None
     return [tuple(o.shape) for o in outputs]
+
+
+__all__ = [
+    "DIST",
+    "DKD",
+    "GeneralizedJSD",
+    "JensenShannon",
+    "LogitMSE",
+    "LogitStandardization",
+    "LogitsDistillation",
+    "MLKD",
+    "ReverseKL",
+    "forward_kl_and_cross_entropy",
+    "generalized_jsd",
+    "jensen_shannon",
+    "kl_divergence",
+    "log_softmax_at",
+    "logits_mse",
+    "mixture_logits",
+    "reverse_kl",
+    "soft_cross_entropy",
+    "softened",
+    "standardize_logits",
+]

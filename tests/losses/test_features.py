@@ -168,10 +168,10 @@ def test_the_registry_resolves_names_for_python_and_the_cli():
       r"Unknown loss name 'atention'. keras_kd's names: feature losses \['attention', .*\], logit "
       r"losses \[.*'reverse_kl'\]; any keras.losses name works too"),
      (lambda: keras_kd.LogitsDistillation(loss="reverse_kld"),
-      r"Unknown loss name 'reverse_kld'. keras_kd's names here: \['jensen_shannon', 'js', "
-      r"'logits_mse', 'reverse_kl'\]; any keras.losses name works too"),
+      r"Unknown loss name 'reverse_kld'. keras_kd's names here: \['generalized_jsd', 'jensen_shannon', "
+      r"'logits_distillation', 'logits_mse', 'reverse_kl'\]; any keras.losses name works too"),
      (lambda: keras_kd.FeatureDistillation(loss="atention"),
-      r"Unknown loss name 'atention'. keras_kd's names here: \['attention', 'cosine', 'hint', "
+      r"Unknown loss name 'atention'. keras_kd's names here: \['attention', 'cosine', 'feature_distillation', 'hint', "
       r"'pkt', 'rkd_angle', 'rkd_distance', 'similarity'\]; any keras.losses name works too")],
 )
 def test_a_misspelled_loss_name_lists_what_exists(make, message):
