@@ -36,6 +36,14 @@ def call_tensors(operation, node_index):
     return list(node.input_tensors), list(node.output_tensors)
 
 
+def call_arguments(operation, node_index):
+    """`(args, kwargs)` of one call of an operation in a Functional graph,
+    with its symbolic tensors (Keras 3.15: `Node.arguments`, a
+    `SymbolicArguments` holding `args` and `kwargs`)."""
+    arguments = operation._inbound_nodes[node_index].arguments
+    return tuple(arguments.args), dict(arguments.kwargs)
+
+
 @contextlib.contextmanager
 def replaced_calls(replacements):
     """Temporarily replaces `layer.call` of some layers (or operations).
