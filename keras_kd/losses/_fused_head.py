@@ -160,8 +160,8 @@ def fused_head_values(per_position, teacher_head, student_head, teacher_hidden,
     with_labels = labels is not None
     label_rows = tf.reshape(ops.cast(labels, "int32"), [-1]) if with_labels else None
     count = tf.shape(teacher_rows)[0]
-    vocabulary = _vocabulary(student_head)
-    size = tf.minimum(count, max(1, CHUNK_ELEMENTS // vocabulary))
+    classes = vocabulary(student_head)
+    size = tf.minimum(count, max(1, CHUNK_ELEMENTS // classes))
     chunks = (count + size - 1) // size
     # Every chunk has the same size (XLA needs static shapes): the last one
     # starts earlier and overlaps the one before; its repeated positions
@@ -239,7 +239,8 @@ def _rows(hidden):
     return tf.reshape(hidden, [-1, tf.shape(hidden)[-1]])
 
 
-def _vocabulary(head):
+def vocabulary(head):
+    """The number of logits a `Head` computes."""
     layer = head.layer
     if isinstance(layer, keras.layers.Dense):
         return int(layer.units)
@@ -255,4 +256,4 @@ def _in_order(concatenated, count, size, chunks, starts):
     return tf.gather(concatenated, chunk_of * size + positions - tf.gather(starts, chunk_of))
 
 
-__all__ = ["CHUNK_ELEMENTS", "Head", "fused_head_values", "head_of"]
+__all__ = ["CHUNK_ELEMENTS", "Head", "fused_head_values", "head_of", "vocabulary"]
