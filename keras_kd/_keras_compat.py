@@ -83,6 +83,16 @@ def compile_metrics(model):
     return model._compile_metrics
 
 
+def has_compiled_metrics(model):
+    """Whether `compile` was given any metric (Keras 3.15 builds a
+    `CompileMetrics` even for `metrics=[]`; it keeps what it was given in
+    `_user_metrics` / `_user_weighted_metrics`)."""
+    metrics = model._compile_metrics
+    if metrics is None:
+        return False
+    return any(keras.tree.flatten([metrics._user_metrics, metrics._user_weighted_metrics]))
+
+
 def loss_tracker(model):
     """Keras's `loss` metric of a model (Keras 3.15: `_loss_tracker`)."""
     return model._loss_tracker

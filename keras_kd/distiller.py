@@ -345,7 +345,7 @@ class Distiller(keras.Model):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         if cache.split(x)[1] is not None:
             return None
-        has_metrics = bool(self.fidelity_metrics) or _keras_compat.compile_metrics(self) is not None
+        has_metrics = bool(self.fidelity_metrics) or _keras_compat.has_compiled_metrics(self)
         applies = hard_label.fused_head_applies(
             self.loss, self._hard_label_loss_weights, [] if y is None else [(y, None)],
             _traced_value(self.student_loss_weight), has_metrics)
@@ -477,7 +477,7 @@ class Distiller(keras.Model):
         _keras_compat.loss_tracker(self).update_state(values["loss"], sample_weight=batch_size)
         self._logged_terms.update_state(values, batch_size)
         compiled_metrics = _keras_compat.compile_metrics(self)
-        if compiled_metrics is not None:
+        if compiled_metrics is not None and student_outputs.output is not None:  # None: fused head
             for y, target_weight in targets:
                 compiled_metrics.update_state(
                     y, student_outputs.output, combine_weights(sample_weight, target_weight)
