@@ -347,7 +347,7 @@ class Distiller(keras.Model):
             return None
         has_metrics = bool(self.fidelity_metrics) or _keras_compat.has_compiled_metrics(self)
         applies = hard_label.fused_head_applies(
-            self.loss, self._hard_label_loss_weights, [] if y is None else [(y, None)],
+            self._fused_head_plan, self.loss, self._hard_label_loss_weights, [] if y is None else [(y, None)],
             _traced_value(self.student_loss_weight), has_metrics)
         return self._fused_head_plan if applies else None
 

@@ -252,15 +252,18 @@ def fused_head_plan(enabled, teachers, student, terms):
     return FusedHeadPlan(term, *heads), None
 
 
-def fused_head_applies(hard_label_loss, hard_label_loss_weights, targets, weight, has_metrics):
+def fused_head_applies(plan, hard_label_loss, hard_label_loss_weights, targets, weight, has_metrics):
     """Whether a training step traced now can use the fused head.
 
     The head gives no logits: it applies when no compiled or fidelity metric
     reads them, and the hard-label loss (when its weight is not 0) is
     `SparseCategoricalCrossentropy(from_logits=True)` (without
-    `ignore_class` or `loss_weights`) of one label per position.
+    `ignore_class` or `loss_weights`) of one label per position, and the
+    student's output is its logits (a final softmax would give that loss
+    probabilities).
 
     Args:
+        plan: the `FusedHeadPlan`.
         hard_label_loss: the loss given to `compile`.
         hard_label_loss_weights: the `loss_weights` given to `compile`.
         targets: the batch's `(y, weight)` pairs.
@@ -274,7 +277,8 @@ def fused_head_applies(hard_label_loss, hard_label_loss_weights, targets, weight
         return False
     if weight == 0 or hard_label_loss is None or not targets:
         return True
-    return (len(targets) == 1 and targets[0][1] is None and len(targets[0][0].shape) == 2
+    return (plan.student.outputs_logits
+            and len(targets) == 1 and targets[0][1] is None and len(targets[0][0].shape) == 2
             and _is_plain_token_cross_entropy(hard_label_loss) and hard_label_loss_weights is None)
 
 

@@ -52,6 +52,11 @@ class Head:
         self.hidden = hidden
         self.layer = layer
 
+    @property
+    def outputs_logits(self):
+        """Whether the model's output is its logits (not a softmax of them)."""
+        return getattr(self.layer, "activation", None) is not keras.activations.softmax
+
     def weights(self):
         """The projection's variables, in the order `logits` reads them."""
         layer = self.layer
