@@ -176,13 +176,13 @@ def fused_head_values(per_position, teacher_head, student_head, teacher_hidden,
     def chunk_values(i, rows, weights):
         """A chunk's values (and the two models' logits) from its student rows."""
         start = starts[i]
-        teacher_logits = teacher_head.logits(teacher_rows[start:start + size], teacher_weights)
+        teacher_logits = teacher_head.logits(_chunk(teacher_rows, start, size), teacher_weights)
         student_logits = student_head.logits(rows, weights)
         values = [ops.cast(per_position(teacher_logits, student_logits), "float32")]
         if with_labels:
             values.append(-ops.take_along_axis(
                 ops.log_softmax(ops.cast(student_logits, "float32"), axis=-1),
-                label_rows[start:start + size][:, None], axis=-1)[:, 0])
+                _chunk(label_rows, start, size)[:, None], axis=-1)[:, 0])
         return values, teacher_logits, student_logits
 
     @tf.custom_gradient
@@ -192,7 +192,7 @@ def fused_head_values(per_position, teacher_head, student_head, teacher_hidden,
 
         def body(i, arrays):
             values, teacher_logits, student_logits = chunk_values(
-                i, student_rows[starts[i]:starts[i] + size], weights)
+                i, _chunk(student_rows, starts[i], size), weights)
             same = ops.cast(tf.argmax(teacher_logits, axis=-1) == tf.argmax(student_logits, axis=-1),
                             "float32")
             return i + 1, tuple(a.write(i, v) for a, v in zip(arrays, values + [same]))
@@ -214,13 +214,13 @@ def fused_head_values(per_position, teacher_head, student_head, teacher_hidden,
 
                 def backward(i, hidden_grads, weight_grads):
                     start = starts[i]
-                    fresh = ops.cast(tf.range(start, start + size) >= i * size, "float32")
-                    rows = student_rows[start:start + size]
+                    fresh = ops.cast(start + tf.range(size) >= i * size, "float32")
+                    rows = _chunk(student_rows, start, size)
                     with tf.GradientTape() as tape:
                         tape.watch([rows, *weights])
                         values, _, _ = chunk_values(i, rows, weights)
                     grads = tape.gradient(values, [rows, *weights], output_gradients=[
-                        u[start:start + size] * fresh for u in flat])
+                        _chunk(u, start, size) * fresh for u in flat])
                     return (i + 1, hidden_grads.write(i, grads[0]),
                             [a + g for a, g in zip(weight_grads, grads[1:])])
 
@@ -237,6 +237,13 @@ def fused_head_values(per_position, teacher_head, student_head, teacher_hidden,
     if with_labels:
         return values, rest[0], ops.stop_gradient(rest[1])
     return values, None, ops.stop_gradient(rest[0])
+
+
+def _chunk(tensor, start, size):
+    """Rows `start` to `start + size` of `tensor`: a slice of static size,
+    which XLA compiles (and differentiates) with a dynamic start."""
+    rank = len(tensor.shape)
+    return tf.slice(tensor, tf.stack([start] + [0] * (rank - 1)), [size] + [-1] * (rank - 1))
 
 
 def _rows(hidden):
