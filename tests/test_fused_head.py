@@ -50,7 +50,9 @@ def dense_lm(hidden, seed, name, activation=None):
     ids = keras.Input((None,), dtype="int32", name="token_ids")
     x = keras.layers.Embedding(VOCABULARY, hidden)(ids)
     x = keras.layers.Dense(hidden, activation="tanh")(x)
-    return keras.Model(ids, keras.layers.Dense(VOCABULARY, activation=activation)(x), name=name)
+    logits = keras.layers.Dense(VOCABULARY, activation=activation,
+                                kernel_initializer=keras.initializers.RandomNormal(stddev=0.5))
+    return keras.Model(ids, logits(x), name=name)
 
 
 def softmax_lm(hidden, seed, name):
@@ -86,7 +88,8 @@ def one_step(family, fused_head, loss=None, student_loss_weight=0.4, jit_compile
     """Logs and the gradients of one step: the student's weight change under
     SGD at rate 1e4 (so that the change dwarfs the weights, whose float32
     rounding would otherwise blur it), over -1e4."""
-    x, y, weight = batch or token_batch([8, 6, 3, 1])
+    # The longest sequence last: the last chunk overlaps real tokens.
+    x, y, weight = batch or token_batch([1, 3, 6, 8])
     with strategy.scope() if strategy else _no_scope():
         make = FAMILIES[family] if isinstance(family, str) else family
         teacher, student = sharpened(make(16, 1, "teacher")), sharpened(make(8, 2, "student"), 4.0)
@@ -150,7 +153,7 @@ def test_other_divergences_and_temperatures_and_no_hard_labels(loss, chunked):
 
 def test_a_final_dense_uses_the_fused_head_with_a_softmax_for_the_teacher_alone(monkeypatch):
     monkeypatch.setattr(_fused_head, "CHUNK_ELEMENTS", 3 * VOCABULARY)
-    x, y, weight = token_batch([8, 6, 3, 1])
+    x, y, weight = token_batch([1, 3, 6, 8])
     batch = (x["token_ids"], y, weight)
     assert_same_step(one_step(dense_lm, True, batch=batch), one_step(dense_lm, False, batch=batch))
     # A softmax: the distillation reads its input, the hard-label loss its
@@ -179,8 +182,9 @@ def test_two_replicas_with_uneven_padding_equal_one_device(two_replicas, monkeyp
 @pytest.mark.slow
 def test_mixed_precision_within_the_documented_tolerance():
     keras.config.set_dtype_policy("mixed_float16")
-    # float16 logits: the fused and unfused matrix products round apart.
-    assert_same_step(one_step("gpt2", True), one_step("gpt2", False), rtol=2e-2)
+    # float16 logits: the fused and unfused matrix products round apart
+    # (measured: values 6e-6 relative, gradients 8e-4 of their scale).
+    assert_same_step(one_step("gpt2", True), one_step("gpt2", False), rtol=2e-3)
 
 
 def test_where_the_fused_head_does_not_apply_the_usual_step_runs_and_says_why():
