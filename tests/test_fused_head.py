@@ -249,3 +249,17 @@ def test_the_fused_step_holds_no_batch_by_sequence_by_vocabulary_tensor(monkeypa
 
     peak = peak_buffers(step, 4 * batch * sequence * vocabulary)
     assert peak < 0.75, peak
+
+
+def test_the_hard_label_loss_left_out_at_weight_zero_comes_back_when_the_weight_leaves_zero():
+    x, y, weight = token_batch([8, 6, 3, 1])
+    distiller = keras_kd.Distiller(gpt2(16, 1, "teacher"), gpt2(8, 2, "student"),
+                                   keras_kd.losses.ReverseKL(2.0), student_loss_weight=0.0)
+    distiller.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert distiller._fused_head_for((x, y, weight)) is not None
+    assert distiller.train_on_batch(x, y, weight, return_dict=True)["student_loss"] == 0.0
+    distiller.student_loss_weight.assign(0.5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="student_loss_weight left 0 after the "
+                                                             "training step was traced"):
+        distiller.train_function(iter([(x, y, weight)]))  # a stale step refuses
+    assert distiller.train_on_batch(x, y, weight, return_dict=True)["student_loss"] > 1.0  # retraced
