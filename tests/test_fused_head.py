@@ -1,6 +1,8 @@
 """The fused output head: a Distiller step of KerasHub causal LMs from the
 final hidden states, a chunk of tokens at a time, equals the unfused step."""
 
+import pathlib
+
 import keras
 import keras_hub
 import numpy as np
@@ -263,3 +265,14 @@ def test_the_hard_label_loss_left_out_at_weight_zero_comes_back_when_the_weight_
                                                              "training step was traced"):
         distiller.train_function(iter([(x, y, weight)]))  # a stale step refuses
     assert distiller.train_on_batch(x, y, weight, return_dict=True)["student_loss"] > 1.0  # retraced
+
+
+@pytest.mark.slow
+def test_the_docs_snippet_runs_through_the_fused_head():
+    page = pathlib.Path(__file__).resolve().parent.parent / "docs" / "language_models_fused_head.md"
+    snippet = page.read_text().split("```python\n")[1].split("```")[0]
+    namespace = {}
+    exec(snippet, namespace)  # noqa: S102 - the page's own example
+    distiller = namespace["distiller"]
+    assert distiller._fused_head_for((namespace["x"], namespace["ids"][:, 1:])) is not None
+    assert np.isfinite(distiller.history.history["loss"][0])
