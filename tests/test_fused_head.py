@@ -201,6 +201,17 @@ def test_where_the_fused_head_does_not_apply_the_usual_step_runs_and_says_why():
     relu = keras.Model(ids, keras.layers.Dense(VOCABULARY, activation="relu")(hidden))
     plan, reason = hard_label.fused_head_plan(True, [teacher], relu, terms)
     assert plan is None and "applies the activation relu" in reason
+    class ScaledDense(keras.layers.Dense):
+        def call(self, inputs):
+            return 2.0 * super().call(inputs)
+
+    scaled = keras.Model(ids, ScaledDense(VOCABULARY, name="scaled")(hidden))
+    plan, reason = hard_label.fused_head_plan(True, [teacher], scaled, terms)
+    assert plan is None and "output layer 'scaled' (ScaledDense) has a `call` of its own" in reason
+    regularized = keras.Model(ids, keras.layers.Dense(
+        VOCABULARY, activity_regularizer="l2", name="regularized")(hidden))
+    plan, reason = hard_label.fused_head_plan(True, [teacher], regularized, terms)
+    assert plan is None and "activity regularizer" in reason
     features = keras_kd.Distiller(teacher, student, keras_kd.losses.DKD())
     assert features._fused_head_plan is None
     with pytest.raises(ValueError, match="`fused_head` must be True or False, but received 'yes'"):

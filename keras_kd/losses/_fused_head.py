@@ -106,6 +106,14 @@ def head_of(model):
     args, kwargs = _keras_compat.call_arguments(operation, node_index)
     if getattr(operation, "quantization_mode", None) or getattr(operation, "lora_enabled", False):
         return None, f"its output layer '{operation.name}' is quantized or has LoRA"
+    known = next((base for base in (keras.layers.ReversibleEmbedding, keras.layers.Dense)
+                  if isinstance(operation, base)), None)
+    if known is not None and type(operation).call is not known.call:
+        # `Head.logits` computes what the Keras layer's own `call` does.
+        return None, (f"its output layer '{operation.name}' ({type(operation).__name__}) "
+                      f"has a `call` of its own")
+    if getattr(operation, "activity_regularizer", None) is not None:
+        return None, f"its output layer '{operation.name}' has an activity regularizer on the logits"
     if isinstance(operation, keras.layers.ReversibleEmbedding):
         if not kwargs.get("reverse", args[1] if len(args) > 1 else False):
             return None, f"its output layer '{operation.name}' is an embedding lookup"
