@@ -188,9 +188,9 @@ def fused_head_values(per_position, teacher_head, student_head, teacher_hidden,
         student_logits = student_head.logits(rows, weights)
         values = [ops.cast(per_position(teacher_logits, student_logits), "float32")]
         if with_labels:
-            values.append(-ops.take_along_axis(
-                ops.log_softmax(ops.cast(student_logits, "float32"), axis=-1),
-                _chunk(label_rows, start, size)[:, None], axis=-1)[:, 0])
+            # TensorFlow's fused kernel, as keras.losses.sparse_categorical_crossentropy.
+            values.append(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                _chunk(label_rows, start, size), ops.cast(student_logits, "float32")))
         return values, teacher_logits, student_logits
 
     @tf.custom_gradient
