@@ -287,3 +287,26 @@ def test_the_docs_snippet_runs_through_the_fused_head():
     distiller = namespace["distiller"]
     assert distiller._fused_head_for((namespace["x"], namespace["ids"][:, 1:])) is not None
     assert np.isfinite(distiller.history.history["loss"][0])
+
+
+@pytest.mark.slow
+def test_on_policy_batches_train_through_the_fused_head():
+    from keras_kd import lm
+    from tests.test_lm import generating_pair
+
+    prompts, answers = ["def f", "class A", "x = 1", "if a"], [" return 1", ": pass", "0", " is b"]
+    steps = []
+    for fused in (True, False):
+        teacher, student, preprocessor = generating_pair()
+        sharpened(teacher), sharpened(student, 4.0)
+        if fused:
+            batch = lm.OnPolicyBatches(student, prompts, answers, preprocessor, fraction=0.5, batch_size=4)[0]
+        distiller = keras_kd.Distiller(teacher, student, keras_kd.LogitsDistillation(1.0),
+                                       student_loss_weight=0.5, fused_head=fused)
+        distiller.compile(optimizer=keras.optimizers.SGD(RATE),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        assert (distiller._fused_head_for(batch) is not None) == fused
+        before = [v.numpy().copy() for v in student.trainable_variables]
+        logs = distiller.train_on_batch(*batch, return_dict=True)
+        steps.append((logs, [(b - v.numpy()) / RATE for v, b in zip(student.trainable_variables, before)]))
+    assert_same_step(*steps)
