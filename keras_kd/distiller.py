@@ -77,7 +77,8 @@ class Distiller(keras.Model):
             `(batch, sequence, vocabulary)` logits exist in a training step
             (same values and gradients). On by default where it applies
             (one teacher, one per-position logit loss, no compiled or
-            fidelity metrics, no teacher cache or augmentation; see
+            fidelity metrics, no augmentation; a teacher cache's logits or
+            top-K are read a chunk at a time too; see
             docs/language_models_fused_head.md); elsewhere the usual step
             runs. `False` always runs the usual step.
         name: the model's name.
@@ -343,8 +344,6 @@ class Distiller(keras.Model):
         if self._fused_head_plan is None or self._augment is not None:
             return None
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        if cache.split(x)[1] is not None:
-            return None
         has_metrics = bool(self.fidelity_metrics) or _keras_compat.has_compiled_metrics(self)
         applies = hard_label.fused_head_applies(
             self._fused_head_plan, self.loss, self._hard_label_loss_weights, [] if y is None else [(y, None)],
@@ -355,14 +354,19 @@ class Distiller(keras.Model):
         """`train_step` through the fused output head: the same objective,
         gradients and logs, without either model's full logits."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, cached = cache.split(x)
         targets = [] if y is None else [(y, None)]
-        teacher_hidden = plan.teacher.hidden(x, training=False)
-        mask = lm.token_mask(x, sample_weight, teacher_hidden)
+        if cached is None:
+            teacher = plan.teacher.hidden(x, training=False)
+        else:  # the cached logits, or a top-K cache, a chunk at a time
+            cache.check_cached_outputs(cached, self._teacher_spec, self._terms)
+            teacher = cached.logits
+        mask = lm.token_mask(x, sample_weight, teacher)
         labels = y if (self.loss is not None and _traced_value(self.student_loss_weight) != 0) else None
         with global_token_count(mask):
             with tf.GradientTape() as tape:
                 value, student_loss, agreement = hard_label.fused_head_values(
-                    plan, x, teacher_hidden, labels, self.loss, sample_weight, mask)
+                    plan, x, teacher, labels, self.loss, sample_weight, mask, cached=cached is not None)
                 values = self._objective(targets, sample_weight, None, None, True, mask,
                                          given={plan.term.name: value, "student_loss": student_loss})
                 loss = self.optimizer.scale_loss(_scaled(values["loss"]))

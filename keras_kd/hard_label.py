@@ -282,18 +282,20 @@ def fused_head_applies(plan, hard_label_loss, hard_label_loss_weights, targets, 
             and _is_plain_token_cross_entropy(hard_label_loss) and hard_label_loss_weights is None)
 
 
-def fused_head_values(plan, x, teacher_hidden, y, hard_label_loss, sample_weight, mask):
+def fused_head_values(plan, x, teacher, y, hard_label_loss, sample_weight, mask, cached=False):
     """The term's value, the hard-label loss and the top-1 agreement of a
     training step, from the fused output head.
 
     Args:
         plan: the `FusedHeadPlan`.
         x: the batch's inputs.
-        teacher_hidden: the teacher's final hidden states.
+        teacher: the teacher's final hidden states, or (`cached`) its
+            cached logits or `keras_kd.lm.TopK`.
         y: the batch's labels, or `None` (no hard-label loss).
         hard_label_loss: the loss given to `compile` (used when `y` is given).
         sample_weight: the batch's sample weights, or `None`.
         mask: the mask of real tokens, or `None`.
+        cached: whether `teacher` comes from a cache of teacher outputs.
 
     Returns:
         `(term value, hard-label loss or None, agreement)`, float32 scalars
@@ -301,8 +303,13 @@ def fused_head_values(plan, x, teacher_hidden, y, hard_label_loss, sample_weight
         `keras_kd.metrics.teacher_agreement`).
     """
     student_hidden = plan.student.hidden(x, training=True)
+    per_position, head, top1 = plan.per_position, plan.teacher, None
+    if cached:
+        head = None
+        if isinstance(teacher, lm.TopK):  # as LogitsDistillation.compute_loss, a chunk at a time
+            per_position, top1 = plan.term.loss._top_k_kl, lambda top: top.ids[:, 0]
     values, cross_entropy, agreement = _fused_head.fused_head_values(
-        plan.per_position, plan.teacher, plan.student, teacher_hidden, student_hidden, y)
+        per_position, head, plan.student, teacher, student_hidden, y, top1)
     value = masked_mean(values, mask)
     hard_label = None
     if y is not None:

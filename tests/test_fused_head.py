@@ -310,3 +310,36 @@ def test_on_policy_batches_train_through_the_fused_head():
         logs = distiller.train_on_batch(*batch, return_dict=True)
         steps.append((logs, [(b - v.numpy()) / RATE for v, b in zip(student.trainable_variables, before)]))
     assert_same_step(*steps)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("top_k", [None, 16], ids=["full_logits_cache", "top_k_cache"])
+def test_a_teacher_cache_trains_the_student_through_the_fused_head(top_k, monkeypatch):
+    monkeypatch.setattr(_fused_head, "CHUNK_ELEMENTS", 5 * VOCABULARY)
+    x, y, weight = token_batch([1, 3, 6, 8])
+    steps = []
+    for fused in (True, False):
+        teacher, student = sharpened(gpt2(16, 1, "teacher")), sharpened(gpt2(8, 2, "student"), 4.0)
+        distiller = keras_kd.Distiller(teacher, student, keras_kd.LogitsDistillation(1.0),
+                                       student_loss_weight=0.4, fused_head=fused)
+        distiller.compile(optimizer=keras.optimizers.SGD(RATE),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        dataset = tf.data.Dataset.from_tensor_slices((x, y, weight)).batch(4)
+        batch = next(iter(keras_kd.cache_teacher_outputs(distiller, dataset, top_k=top_k, shuffle=False)))
+        assert (distiller._fused_head_for(batch) is not None) == fused
+        before = [v.numpy().copy() for v in student.trainable_variables]
+        logs = distiller.train_on_batch(*batch, return_dict=True)
+        steps.append((logs, [(b - v.numpy()) / RATE for v, b in zip(student.trainable_variables, before)]))
+    assert_same_step(*steps)
+
+
+def test_a_top_k_cache_still_refuses_other_losses_through_the_fused_head():
+    x, y, weight = token_batch([1, 3, 6, 8])
+    distiller = keras_kd.Distiller(gpt2(16, 1, "teacher"), gpt2(8, 2, "student"),
+                                   keras_kd.losses.ReverseKL(1.0), student_loss_weight=0.0)
+    distiller.compile(optimizer="sgd")
+    dataset = tf.data.Dataset.from_tensor_slices((x, y, weight)).batch(4)
+    cached = keras_kd.cache_teacher_outputs(distiller, dataset, top_k=16, shuffle=False)
+    assert distiller._fused_head_for(next(iter(cached))) is not None
+    with pytest.raises(ValueError, match="supports the forward KL"):
+        distiller.fit(cached, epochs=1, verbose=0, shuffle=False)

@@ -138,7 +138,7 @@ def _symbolic_outputs(model):
 
 
 def fused_head_values(per_position, teacher_head, student_head, teacher_hidden,
-                      student_hidden, labels=None):
+                      student_hidden, labels=None, teacher_top1=None):
     """Per-position distillation values, cross-entropy and top-1 agreement,
     a chunk of positions at a time, from the two models' hidden states.
 
@@ -155,11 +155,17 @@ def fused_head_values(per_position, teacher_head, student_head, teacher_hidden,
         per_position: `fn(teacher_logits, student_logits)` -> `(positions,)`
             float32 values; each position's value must depend on that
             position's logits only.
-        teacher_head: the teacher's `Head`.
+        teacher_head: the teacher's `Head`, or `None` when `teacher_hidden`
+            holds the teacher's outputs per position already (e.g. a
+            top-K cache): then `per_position` receives their chunks.
         student_head: the student's `Head`.
-        teacher_hidden: `(batch, sequence, teacher hidden)` states.
+        teacher_hidden: `(batch, sequence, teacher hidden)` states, or
+            (without `teacher_head`) a structure of `(batch, sequence,
+            ...)` tensors.
         student_hidden: `(batch, sequence, student hidden)` states.
         labels: `(batch, sequence)` token ids, or `None` (no cross-entropy).
+        teacher_top1: `fn(teacher chunk)` -> `(positions,)` the teacher's
+            top-1 token ids; by default the argmax of its logits.
 
     Returns:
         `(values, cross_entropy, agreement)`, `(batch, sequence)` float32
@@ -167,12 +173,15 @@ def fused_head_values(per_position, teacher_head, student_head, teacher_hidden,
         where the two models' top-1 tokens agree) has no gradient.
     """
     leading = tf.shape(student_hidden)[:2]
-    teacher_rows = ops.stop_gradient(_rows(teacher_hidden))
-    teacher_weights = [ops.stop_gradient(ops.convert_to_tensor(w)) for w in teacher_head.weights()]
+    teacher_rows = keras.tree.map_structure(
+        lambda t: ops.stop_gradient(tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], 0))), teacher_hidden)
+    teacher_weights = ([] if teacher_head is None else
+                       [ops.stop_gradient(ops.convert_to_tensor(w)) for w in teacher_head.weights()])
+    teacher_top1 = teacher_top1 or (lambda logits: tf.argmax(logits, axis=-1, output_type="int32"))
     student_weights = [ops.convert_to_tensor(w) for w in student_head.weights()]
     with_labels = labels is not None
     label_rows = tf.reshape(ops.cast(labels, "int32"), [-1]) if with_labels else None
-    count = tf.shape(teacher_rows)[0]
+    count = tf.shape(_rows(student_hidden))[0]
     classes = vocabulary(student_head)
     size = tf.minimum(count, max(1, CHUNK_ELEMENTS // classes))
     chunks = (count + size - 1) // size
@@ -184,7 +193,9 @@ def fused_head_values(per_position, teacher_head, student_head, teacher_hidden,
     def chunk_values(i, rows, weights):
         """A chunk's values (and the two models' logits) from its student rows."""
         start = starts[i]
-        teacher_logits = teacher_head.logits(_chunk(teacher_rows, start, size), teacher_weights)
+        teacher_logits = keras.tree.map_structure(lambda t: _chunk(t, start, size), teacher_rows)
+        if teacher_head is not None:
+            teacher_logits = teacher_head.logits(teacher_logits, teacher_weights)
         student_logits = student_head.logits(rows, weights)
         values = [ops.cast(per_position(teacher_logits, student_logits), "float32")]
         if with_labels:
@@ -201,8 +212,8 @@ def fused_head_values(per_position, teacher_head, student_head, teacher_hidden,
         def body(i, arrays):
             values, teacher_logits, student_logits = chunk_values(
                 i, _chunk(student_rows, starts[i], size), weights)
-            same = ops.cast(tf.argmax(teacher_logits, axis=-1) == tf.argmax(student_logits, axis=-1),
-                            "float32")
+            same = ops.cast(ops.cast(teacher_top1(teacher_logits), "int32")
+                            == tf.argmax(student_logits, axis=-1, output_type="int32"), "float32")
             return i + 1, tuple(a.write(i, v) for a, v in zip(arrays, values + [same]))
 
         # One chunk at a time: TensorFlow would otherwise run up to 10 at once.
