@@ -153,6 +153,7 @@ def test_other_divergences_and_temperatures_and_no_hard_labels(loss, chunked):
         assert_same_step(one_step("gemma", True, loss, weight), one_step("gemma", False, loss, weight))
 
 
+@pytest.mark.slow
 def test_a_final_dense_uses_the_fused_head_with_a_softmax_for_the_teacher_alone(monkeypatch):
     monkeypatch.setattr(_fused_head, "CHUNK_ELEMENTS", 3 * VOCABULARY)
     x, y, weight = token_batch([1, 3, 6, 8])
@@ -264,6 +265,7 @@ def test_the_fused_step_holds_no_batch_by_sequence_by_vocabulary_tensor(monkeypa
     assert peak < 0.75, peak
 
 
+@pytest.mark.slow
 def test_the_hard_label_loss_left_out_at_weight_zero_comes_back_when_the_weight_leaves_zero():
     x, y, weight = token_batch([8, 6, 3, 1])
     distiller = keras_kd.Distiller(gpt2(16, 1, "teacher"), gpt2(8, 2, "student"),
