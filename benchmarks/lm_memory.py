@@ -14,7 +14,8 @@ keras.distillation (correctly configured: `loss=keras.losses.KLDivergence()`,
 T=2). The keras_kd kinds run the usual step (`fused_head=False`, the logits
 materialized); each has a `_fused` twin that runs the fused output head
 (`fused_head=True`, the default: no (B,S,V) logits). `--vocabulary` and
-`--sequence` change the sizes (e.g. 256,000 and 512).
+`--sequence` change the sizes (e.g. 256,000 and 512); `--chunk-elements`
+the fused head's logits per chunk (`keras_kd.losses._fused_head.CHUNK_ELEMENTS`).
 
 What is measured, in a fresh process per kind and round (`--one`), with
 TensorFlow's default settings (oneDNN on):
@@ -65,6 +66,7 @@ from benchmarks import common
 
 RESULTS = os.path.join(os.path.dirname(__file__), "lm_memory_results.md")
 VOCABULARY, SEQUENCE, BATCH = 32_000, 128, 4
+CHUNK_ELEMENTS = None  # the fused head's default
 TEACHER = {"num_layers": 2, "num_heads": 2, "hidden_dim": 128, "intermediate_dim": 512}
 STUDENT = {"num_layers": 1, "num_heads": 2, "hidden_dim": 64, "intermediate_dim": 256}
 KINDS = ("student_fit", "keras_kd", "keras_kd_t1", "keras_kd_teacher_only", "keras_distillation",
@@ -208,6 +210,8 @@ def run_one(kind, steps, count_tensors):
     """Runs `--one kind` in a fresh Python process and returns its result."""
     command = [sys.executable, "-m", "benchmarks.lm_memory", "--one", kind, "--steps", str(steps),
                "--vocabulary", str(VOCABULARY), "--sequence", str(SEQUENCE)]
+    if CHUNK_ELEMENTS is not None:
+        command += ["--chunk-elements", str(CHUNK_ELEMENTS)]
     if count_tensors:
         command.append("--count-tensors")
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
@@ -311,7 +315,7 @@ def tensor_breakdown(results):
 
 
 def main():
-    global VOCABULARY, SEQUENCE
+    global VOCABULARY, SEQUENCE, CHUNK_ELEMENTS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", choices=KINDS, help="measure one kind in this process; print JSON")
     parser.add_argument("--count-tensors", action="store_true",
@@ -321,9 +325,14 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--vocabulary", type=int, default=VOCABULARY)
     parser.add_argument("--sequence", type=int, default=SEQUENCE)
+    parser.add_argument("--chunk-elements", type=int, default=None)
     parser.add_argument("--results", default=RESULTS, help="where to write the markdown (default: %(default)s)")
     args = parser.parse_args()
-    VOCABULARY, SEQUENCE = args.vocabulary, args.sequence
+    VOCABULARY, SEQUENCE, CHUNK_ELEMENTS = args.vocabulary, args.sequence, args.chunk_elements
+    if CHUNK_ELEMENTS is not None:
+        from keras_kd.losses import _fused_head
+
+        _fused_head.CHUNK_ELEMENTS = CHUNK_ELEMENTS
     if args.one:
         print(json.dumps(measure(args.one, args.steps, args.count_tensors)))
         return
@@ -338,6 +347,7 @@ def main():
         f"{common.machine()}; load average {load[0]:.2f} before, {load_after[0]:.2f} after. "
         f"Reproduce: `python -m benchmarks.lm_memory --rounds {args.rounds} --steps {args.steps}"
         f" --vocabulary {VOCABULARY} --sequence {SEQUENCE}"
+        f"{f' --chunk-elements {CHUNK_ELEMENTS}' if CHUNK_ELEMENTS else ''}"
         f"{' --kinds ' + ' '.join(args.kinds) if args.kinds != list(KINDS) else ''}`.",
         table(results),
         targets(results),
