@@ -1,6 +1,6 @@
 """Memory and speed of one language-model distillation step, one process per measurement.
 
-    python -m benchmarks.lm_memory [--rounds 3] [--steps 20]
+    python -m benchmarks.lm_memory [--rounds 3] [--steps 20] [--vocabulary 32000 --sequence 128]
     python -m benchmarks.lm_memory --one KIND [--steps 20] [--count-tensors]
 
 Vocabulary 32,000, sequence 128, batch 4: a GPT-2 teacher (hidden 128, 2
@@ -11,7 +11,11 @@ Kinds (`KINDS`): the student's own `fit`; keras_kd (forward KL at T=2) with
 the hard-label loss at weight 0.5 and at 0 (teacher only); keras_kd at T=1
 with the hard labels at 0.5 (the LM recipe of `keras-kd demo lm`); and
 keras.distillation (correctly configured: `loss=keras.losses.KLDivergence()`,
-T=2).
+T=2). The keras_kd kinds run the usual step (`fused_head=False`, the logits
+materialized); each has a `_fused` twin that runs the fused output head
+(`fused_head=True`, the default: no (B,S,V) logits). `--vocabulary` and
+`--sequence` change the sizes (e.g. 256,000 and 512); `--chunk-elements`
+the fused head's logits per chunk (`keras_kd.losses._fused_head.CHUNK_ELEMENTS`).
 
 What is measured, in a fresh process per kind and round (`--one`), with
 TensorFlow's default settings (oneDNN on):
@@ -62,9 +66,11 @@ from benchmarks import common
 
 RESULTS = os.path.join(os.path.dirname(__file__), "lm_memory_results.md")
 VOCABULARY, SEQUENCE, BATCH = 32_000, 128, 4
+CHUNK_ELEMENTS = None  # the fused head's default
 TEACHER = {"num_layers": 2, "num_heads": 2, "hidden_dim": 128, "intermediate_dim": 512}
 STUDENT = {"num_layers": 1, "num_heads": 2, "hidden_dim": 64, "intermediate_dim": 256}
-KINDS = ("student_fit", "keras_kd", "keras_kd_t1", "keras_kd_teacher_only", "keras_distillation")
+KINDS = ("student_fit", "keras_kd", "keras_kd_t1", "keras_kd_teacher_only", "keras_distillation",
+         "keras_kd_fused", "keras_kd_t1_fused", "keras_kd_teacher_only_fused")
 VIEWS = ("Reshape", "Identity", "ExpandDims", "Squeeze")
 
 
@@ -104,9 +110,11 @@ def build(kind):
                 keras.distillation.LogitsDistillation(temperature=2.0, loss=keras.losses.KLDivergence()),
                 student_loss_weight=0.5)
         else:
+            fused = kind.endswith("_fused")
+            kind = kind.removesuffix("_fused")
             model = keras_kd.Distiller(
                 teacher, student, keras_kd.LogitsDistillation(temperature=1.0 if kind == "keras_kd_t1" else 2.0),
-                student_loss_weight=0.0 if kind == "keras_kd_teacher_only" else 0.5)
+                student_loss_weight=0.0 if kind == "keras_kd_teacher_only" else 0.5, fused_head=fused)
     model.compile(optimizer="adam",
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   weighted_metrics=[])
@@ -200,7 +208,10 @@ def measure(kind, steps, count_tensors):
 
 def run_one(kind, steps, count_tensors):
     """Runs `--one kind` in a fresh Python process and returns its result."""
-    command = [sys.executable, "-m", "benchmarks.lm_memory", "--one", kind, "--steps", str(steps)]
+    command = [sys.executable, "-m", "benchmarks.lm_memory", "--one", kind, "--steps", str(steps),
+               "--vocabulary", str(VOCABULARY), "--sequence", str(SEQUENCE)]
+    if CHUNK_ELEMENTS is not None:
+        command += ["--chunk-elements", str(CHUNK_ELEMENTS)]
     if count_tensors:
         command.append("--count-tensors")
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
@@ -259,6 +270,7 @@ def table(results):
 
 
 TARGETS = (("student_fit", 1.8), ("keras_distillation", 0.6))  # issue 14: peak RSS growth ratios
+FUSED_TARGETS = (0.5, 1.3)  # issue 29: RSS growth / student fit (at 256k / 512), step time / unfused (32k / 128)
 
 
 def targets(results):
@@ -275,6 +287,21 @@ def targets(results):
                 checks.append(f"{value:.2f}x {other} (target <= {limit}x: "
                               f"{'met' if value <= limit else 'missed'})")
         lines.append(f"- `{kind}` peak RSS growth: " + "; ".join(checks))
+    for kind in ("keras_kd_fused", "keras_kd_t1_fused", "keras_kd_teacher_only_fused"):
+        unfused = kind.removesuffix("_fused")
+        if kind not in results:
+            continue
+        checks = []
+        if "student_fit" in results:
+            value = common.median_ratio([r["rss_growth_mib"] for r in results[kind]],
+                                        [r["rss_growth_mib"] for r in results["student_fit"]])
+            checks.append(f"peak RSS growth {value:.2f}x student_fit (issue 29 target at 256k / 512: "
+                          f"<= {FUSED_TARGETS[0]}x)")
+        if unfused in results:
+            value = common.median_ratio([r["step_ms"] for r in results[kind]],
+                                        [r["step_ms"] for r in results[unfused]])
+            checks.append(f"step time {value:.2f}x `{unfused}` (target at 32k / 128: <= {FUSED_TARGETS[1]}x)")
+        lines.append(f"- `{kind}`: " + "; ".join(checks))
     return "\n".join(lines)
 
 
@@ -288,6 +315,7 @@ def tensor_breakdown(results):
 
 
 def main():
+    global VOCABULARY, SEQUENCE, CHUNK_ELEMENTS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", choices=KINDS, help="measure one kind in this process; print JSON")
     parser.add_argument("--count-tensors", action="store_true",
@@ -295,7 +323,16 @@ def main():
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--vocabulary", type=int, default=VOCABULARY)
+    parser.add_argument("--sequence", type=int, default=SEQUENCE)
+    parser.add_argument("--chunk-elements", type=int, default=None)
+    parser.add_argument("--results", default=RESULTS, help="where to write the markdown (default: %(default)s)")
     args = parser.parse_args()
+    VOCABULARY, SEQUENCE, CHUNK_ELEMENTS = args.vocabulary, args.sequence, args.chunk_elements
+    if CHUNK_ELEMENTS is not None:
+        from keras_kd.losses import _fused_head
+
+        _fused_head.CHUNK_ELEMENTS = CHUNK_ELEMENTS
     if args.one:
         print(json.dumps(measure(args.one, args.steps, args.count_tensors)))
         return
@@ -309,6 +346,8 @@ def main():
         f"one process per kind and round, {args.steps} steps after a warm-up step. "
         f"{common.machine()}; load average {load[0]:.2f} before, {load_after[0]:.2f} after. "
         f"Reproduce: `python -m benchmarks.lm_memory --rounds {args.rounds} --steps {args.steps}"
+        f" --vocabulary {VOCABULARY} --sequence {SEQUENCE}"
+        f"{f' --chunk-elements {CHUNK_ELEMENTS}' if CHUNK_ELEMENTS else ''}"
         f"{' --kinds ' + ' '.join(args.kinds) if args.kinds != list(KINDS) else ''}`.",
         table(results),
         targets(results),
@@ -317,9 +356,9 @@ def main():
         tensor_breakdown(results),
     ])
     print(text)
-    with open(RESULTS, "w") as file:
+    with open(args.results, "w") as file:
         file.write("# One language-model distillation step: memory and speed\n\n" + text + "\n")
-    print(f"Wrote {RESULTS}")
+    print(f"Wrote {args.results}")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,14 @@ def call_tensors(operation, node_index):
     return list(node.input_tensors), list(node.output_tensors)
 
 
+def call_arguments(operation, node_index):
+    """`(args, kwargs)` of one call of an operation in a Functional graph,
+    with its symbolic tensors (Keras 3.15: `Node.arguments`, a
+    `SymbolicArguments` holding `args` and `kwargs`)."""
+    arguments = operation._inbound_nodes[node_index].arguments
+    return tuple(arguments.args), dict(arguments.kwargs)
+
+
 @contextlib.contextmanager
 def replaced_calls(replacements):
     """Temporarily replaces `layer.call` of some layers (or operations).
@@ -74,6 +82,16 @@ def compile_loss(model):
 def compile_metrics(model):
     """The compiled metrics container (Keras 3.15: `_compile_metrics`)."""
     return model._compile_metrics
+
+
+def has_compiled_metrics(model):
+    """Whether `compile` was given any metric (Keras 3.15 builds a
+    `CompileMetrics` even for `metrics=[]`; it keeps what it was given in
+    `_user_metrics` / `_user_weighted_metrics`)."""
+    metrics = model._compile_metrics
+    if metrics is None:
+        return False
+    return any(keras.tree.flatten([metrics._user_metrics, metrics._user_weighted_metrics]))
 
 
 def loss_tracker(model):

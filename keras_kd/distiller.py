@@ -6,7 +6,7 @@ from keras import ops
 
 from keras_kd import _keras_compat, _validation, augment, cache, fit_data, hard_label, lm, taps, terms
 from keras_kd import metrics as fidelity
-from keras_kd._validation import as_float, check_number
+from keras_kd._validation import as_float, check_flag, check_number
 from keras_kd.hard_label import combine_weights, total
 from keras_kd.losses.base import global_token_count
 
@@ -69,6 +69,18 @@ class Distiller(keras.Model):
             vocabularies differ only by padding rows at the end (e.g.
             151,936 vs 152,064 rows for one tokenizer), logits are cut to
             the smaller size before every logit loss and metric.
+        fused_head: for language models whose logits are a projection of
+            final hidden states (KerasHub causal LMs such as GPT-2, Gemma,
+            Llama; a final `Dense`), compute the distillation term, the
+            hard-label cross-entropy and `teacher_agreement` a chunk of
+            tokens at a time from the hidden states, so that no
+            `(batch, sequence, vocabulary)` logits exist in a training step
+            (same values and gradients). On by default where it applies
+            (one teacher, one per-position logit loss, no compiled or
+            fidelity metrics, no augmentation; a teacher cache's logits or
+            top-K are read a chunk at a time too; see
+            docs/language_models_fused_head.md); elsewhere the usual step
+            runs. `False` always runs the usual step.
         name: the model's name.
         **kwargs: passed to `keras.Model`.
 
@@ -102,7 +114,7 @@ class Distiller(keras.Model):
 
     def __init__(self, teacher, student, distillation_losses=None, distillation_loss_weights=None,
                  student_loss_weight=0.5, augmentation=None, teacher_weights=None,
-                 vocabulary_alignment=None, name="distiller", **kwargs):
+                 vocabulary_alignment=None, fused_head=True, name="distiller", **kwargs):
         super().__init__(name=name, **kwargs)
         teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
         for model in teachers:
@@ -141,6 +153,9 @@ class Distiller(keras.Model):
         self.loss_hyperparameters = terms.make_schedulable(losses, self.term_names)
         self._logits_size = logits_size
         self._terms = terms.make_terms(losses, self.term_names, logits_size, self.teacher_weights)
+        self.fused_head = check_flag(fused_head, "fused_head")
+        self._fused_head_plan, _ = hard_label.fused_head_plan(
+            self.fused_head, teachers, student, self._terms)
         # The view that runs the teacher(s) once and taps what the losses
         # read; `cache_teacher_outputs` runs the same view.
         self.teacher_view = taps.view(teachers, terms.layer_paths(self._terms, "teacher"), "teacher")
@@ -289,6 +304,9 @@ class Distiller(keras.Model):
     # ----------------------------------------------------------------- step
 
     def train_step(self, data):
+        plan = self._fused_head_for(data)
+        if plan is not None:
+            return self._fused_head_step(plan, data)
         x, targets, sample_weight, teacher_outputs, mask = self._batch(data, training=True)
         self._weightless_batches.count(mask)
         with global_token_count(mask):  # one all-reduce of the token count per step
@@ -314,6 +332,43 @@ class Distiller(keras.Model):
             return self._update_metrics(
                 values, x, targets, teacher_outputs, student_outputs, sample_weight, mask, agreement
             )
+
+    def _fused_head_for(self, data):
+        """The fused head's plan when this training step can use it, else `None`."""
+        if self._fused_head_plan is None or self._augment is not None:
+            return None
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        has_metrics = bool(self.fidelity_metrics) or _keras_compat.has_compiled_metrics(self)
+        applies = hard_label.fused_head_applies(
+            self._fused_head_plan, self.loss, self._hard_label_loss_weights, [] if y is None else [(y, None)],
+            _traced_value(self.student_loss_weight), has_metrics)
+        return self._fused_head_plan if applies else None
+
+    def _fused_head_step(self, plan, data):
+        """`train_step` through the fused output head: the same objective,
+        gradients and logs, without either model's full logits."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, cached = cache.split(x)
+        targets = [] if y is None else [(y, None)]
+        if cached is None:
+            teacher = plan.teacher.hidden(x, training=False)
+        else:  # the cached logits, or a top-K cache, a chunk at a time
+            cache.check_cached_outputs(cached, self._teacher_spec, self._terms)
+            teacher = cached.logits
+        mask = lm.token_mask(x, sample_weight, teacher)
+        labels = y if (self.loss is not None and _traced_value(self.student_loss_weight) != 0) else None
+        with global_token_count(mask):
+            with tf.GradientTape() as tape:
+                value, student_loss, agreement = hard_label.fused_head_values(
+                    plan, x, teacher, labels, self.loss, sample_weight, mask, cached=cached is not None)
+                values = self._objective(targets, sample_weight, None, None, True, mask,
+                                         given={plan.term.name: value, "student_loss": student_loss})
+                loss = self.optimizer.scale_loss(_scaled(values["loss"]))
+            variables = self.trainable_variables
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            nothing = taps.ViewOutputs(None, None, {})  # no logits: no metric reads them
+            return self._update_metrics(values, x, targets, nothing, nothing, sample_weight, mask,
+                                        agreement)
 
     def test_step(self, data):
         x, targets, sample_weight, teacher_outputs, mask = self._batch(data, training=False)
@@ -344,21 +399,27 @@ class Distiller(keras.Model):
         return x, targets, sample_weight, teacher_outputs, lm.token_mask(
             x, sample_weight, teacher_outputs.logits)
 
-    def _objective(self, targets, sample_weight, teacher_outputs, student_outputs, training, mask):
+    def _objective(self, targets, sample_weight, teacher_outputs, student_outputs, training, mask,
+                   given=None):
         """Every term of the objective, per replica, before any scaling.
 
         `targets` is a list of `(y, weight)` pairs (see `keras_kd.augment`):
-        the hard-label loss sums the loss of each pair.
+        the hard-label loss sums the loss of each pair. `given`: values the
+        fused head computed (`{term name: value, "student_loss": value or
+        None}`), taken as they are.
         """
         weight = ops.cast(self.student_loss_weight, "float32")
         hard_label.check_labels(targets, _traced_value(self.student_loss_weight))
         compiled_loss = _keras_compat.compile_loss(self)
+        values = dict(given or {})
+        student_loss = values.pop("student_loss", None)
         fused = None
-        if _traced_value(self.student_loss_weight) != 0:
+        if given is None and _traced_value(self.student_loss_weight) != 0:
             fused = hard_label.fused_term(self._terms, self.loss, self._hard_label_loss_weights,
                                           targets, teacher_outputs, student_outputs, training, mask)
-        values = {}
-        if fused is not None:  # one gradient pass for the hard labels and the forward KL
+        if student_loss is not None:  # from the fused head
+            self._traced_without_hard_labels = False
+        elif fused is not None:  # one gradient pass for the hard labels and the forward KL
             values[fused.name], student_loss = hard_label.fused_values(
                 fused, self.loss, targets[0][0], sample_weight, teacher_outputs, student_outputs,
                 mask)
@@ -414,7 +475,7 @@ class Distiller(keras.Model):
         _keras_compat.loss_tracker(self).update_state(values["loss"], sample_weight=batch_size)
         self._logged_terms.update_state(values, batch_size)
         compiled_metrics = _keras_compat.compile_metrics(self)
-        if compiled_metrics is not None:
+        if compiled_metrics is not None and student_outputs.output is not None:  # None: fused head
             for y, target_weight in targets:
                 compiled_metrics.update_state(
                     y, student_outputs.output, combine_weights(sample_weight, target_weight)
@@ -441,6 +502,7 @@ class Distiller(keras.Model):
             "student_loss_weight": as_float(self.student_loss_weight),
             "teacher_weights": self.teacher_weights if len(self.teachers) > 1 else None,
             "vocabulary_alignment": self.vocabulary_alignment,
+            "fused_head": self.fused_head,
             "augmentation": keras.tree.map_structure(serialize, self.augmentation),
         }
 

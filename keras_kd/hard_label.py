@@ -10,6 +10,11 @@ another route to the same value:
   includes the forward KL on the same logits, one gradient pass gives both
   (`fused_term`, `fused_values`), sparing two `(batch, sequence,
   vocabulary)` buffers;
+- for models whose logits are a projection of final hidden states
+  (KerasHub causal LMs, a final `Dense`), the fused output head computes
+  the distillation term, the cross-entropy and the top-1 agreement a chunk
+  of positions at a time from the hidden states (`fused_head_plan`,
+  `fused_head_values`): no `(batch, sequence, vocabulary)` logits at all;
 - while `student_loss_weight` is 0 it is left out of the traced training
   step (`left_out`), which refuses to run once the weight leaves 0.
 """
@@ -21,6 +26,8 @@ import tensorflow as tf
 from keras import ops
 
 from keras_kd import _keras_compat, lm
+from keras_kd.losses import _fused_head
+from keras_kd.losses.base import masked_mean
 from keras_kd.losses.logits import LogitsDistillation
 
 
@@ -176,6 +183,141 @@ def fused_values(term, hard_label_loss, y, sample_weight, teacher_outputs, stude
     return ops.cast(value, "float32"), unscaled(ops.cast(hard_label, "float32"))
 
 
+class FusedHeadPlan:
+    """What the fused output head needs of a Distiller, read once.
+
+    Attributes:
+        term: the one distillation `Term` it computes.
+        teacher: the teacher's `keras_kd.losses._fused_head.Head`.
+        student: the student's.
+    """
+
+    def __init__(self, term, teacher, student):
+        self.term = term
+        self.teacher = teacher
+        self.student = student
+
+    def per_position(self, teacher_logits, student_logits):
+        """The term's per-position values of a chunk's logits."""
+        loss = self.term.loss
+        return loss.per_position(loss._terms, teacher_logits, student_logits)
+
+
+def fused_head_plan(enabled, teachers, student, terms):
+    """The fused output head's plan for a Distiller, or why it does not apply.
+
+    It applies to one teacher and a student whose logits are a projection
+    keras_kd can see (`_fused_head.head_of`: a KerasHub causal LM's
+    `token_embedding(..., reverse=True)`, a final `Dense`), of the same
+    vocabulary, distilled by one `LogitsDistillation` term on the logits
+    whose value is a per-position divergence of one output (the forward KL
+    by default, `ReverseKL`, `GeneralizedJSD`, ...), without a connector or
+    labels. More conditions are read as the step is traced
+    (`fused_head_applies`).
+
+    Args:
+        enabled: the Distiller's `fused_head` argument.
+        teachers: the Distiller's teachers.
+        student: its student.
+        terms: its `Term`s.
+
+    Returns:
+        `(plan, None)`, or `(None, reason)`: a sentence saying why the
+        unfused step runs.
+    """
+    if not enabled:
+        return None, "fused_head=False"
+    if len(teachers) != 1:
+        return None, "there are several teachers"
+    if len(terms) != 1:
+        return None, "there are several distillation terms"
+    term = terms[0]
+    loss = term.loss
+    if not (isinstance(loss, LogitsDistillation)
+            and type(loss).compute_loss is LogitsDistillation.compute_loss
+            and not keras.tree.is_nested(loss._terms)
+            and term.teacher_path is None and term.student_path is None
+            and term.expects_logits and term.logits_size is None
+            and term.make_connector is None and not term.uses_labels):
+        return None, (f"the distillation loss {type(loss).__name__} is not a per-position "
+                      f"divergence of one output's logits")
+    heads = []
+    for role, model in (("teacher", teachers[0]), ("student", student)):
+        head, reason = _fused_head.head_of(model)
+        if head is None:
+            return None, f"the {role}'s logits are not a projection keras_kd can see: {reason}"
+        heads.append(head)
+    if _fused_head.vocabulary(heads[0]) != _fused_head.vocabulary(heads[1]):
+        return None, "the vocabularies differ"
+    return FusedHeadPlan(term, *heads), None
+
+
+def fused_head_applies(plan, hard_label_loss, hard_label_loss_weights, targets, weight, has_metrics):
+    """Whether a training step traced now can use the fused head.
+
+    The head gives no logits: it applies when no compiled or fidelity metric
+    reads them, and the hard-label loss (when its weight is not 0) is
+    `SparseCategoricalCrossentropy(from_logits=True)` (without
+    `ignore_class` or `loss_weights`) of one label per position, and the
+    student's output is its logits (a final softmax would give that loss
+    probabilities).
+
+    Args:
+        plan: the `FusedHeadPlan`.
+        hard_label_loss: the loss given to `compile`.
+        hard_label_loss_weights: the `loss_weights` given to `compile`.
+        targets: the batch's `(y, weight)` pairs.
+        weight: `student_loss_weight`, as a float.
+        has_metrics: whether any compiled or fidelity metric is set.
+
+    Returns:
+        A bool.
+    """
+    if has_metrics:
+        return False
+    if weight == 0 or hard_label_loss is None or not targets:
+        return True
+    return (plan.student.outputs_logits
+            and len(targets) == 1 and targets[0][1] is None and len(targets[0][0].shape) == 2
+            and _is_plain_token_cross_entropy(hard_label_loss) and hard_label_loss_weights is None)
+
+
+def fused_head_values(plan, x, teacher, y, hard_label_loss, sample_weight, mask, cached=False):
+    """The term's value, the hard-label loss and the top-1 agreement of a
+    training step, from the fused output head.
+
+    Args:
+        plan: the `FusedHeadPlan`.
+        x: the batch's inputs.
+        teacher: the teacher's final hidden states, or (`cached`) its
+            cached logits or `keras_kd.lm.TopK`.
+        y: the batch's labels, or `None` (no hard-label loss).
+        hard_label_loss: the loss given to `compile` (used when `y` is given).
+        sample_weight: the batch's sample weights, or `None`.
+        mask: the mask of real tokens, or `None`.
+        cached: whether `teacher` comes from a cache of teacher outputs.
+
+    Returns:
+        `(term value, hard-label loss or None, agreement)`, float32 scalars
+        equal to the unfused step's (`Term.value`, `loss`,
+        `keras_kd.metrics.teacher_agreement`).
+    """
+    student_hidden = plan.student.hidden(x, training=True)
+    per_position, head, top1 = plan.per_position, plan.teacher, None
+    if cached:
+        head = None
+        if isinstance(teacher, lm.TopK):  # as LogitsDistillation.compute_loss, a chunk at a time
+            per_position, top1 = plan.term.loss._top_k_kl, lambda top: top.ids[:, 0]
+    values, cross_entropy, agreement = _fused_head.fused_head_values(
+        per_position, head, plan.student, teacher, student_hidden, y, top1)
+    value = masked_mean(values, mask)
+    hard_label = None
+    if y is not None:
+        hard_label = unscaled(ops.cast(
+            _PerPositionLoss(hard_label_loss)(y, cross_entropy, sample_weight), "float32"))
+    return value, hard_label, masked_mean(agreement, mask)
+
+
 def _is_plain_token_cross_entropy(loss):
     """Whether a compiled `loss` is `SparseCategoricalCrossentropy(from_logits=True)`
     without `ignore_class` (the one `_PerPositionLoss` can stand in for)."""
@@ -226,6 +368,10 @@ __all__ = [
     "check_compiled",
     "check_labels",
     "combine_weights",
+    "FusedHeadPlan",
+    "fused_head_applies",
+    "fused_head_plan",
+    "fused_head_values",
     "fused_term",
     "fused_values",
     "left_out",

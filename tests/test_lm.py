@@ -287,7 +287,7 @@ def test_the_hard_label_loss_is_left_out_at_weight_zero_and_follows_a_schedule()
     from keras_kd.callbacks import DistillationScheduler
 
     # Reverse KL: the hard-label loss is Keras's own op (the forward KL fuses it).
-    distiller = distiller_for(losses.ReverseKL(2.0), student_loss_weight=0.0)
+    distiller = distiller_for(losses.ReverseKL(2.0), student_loss_weight=0.0, fused_head=False)
     x, y, weight = token_batch([8, 6, 4, 2])
     assert distiller.train_on_batch(x, y, weight, return_dict=True)["student_loss"] == 0.0
     step = tf.function(lambda: distiller.train_step((x, y, weight)))
@@ -317,7 +317,7 @@ def test_the_hard_labels_and_the_forward_kl_share_one_gradient_pass(reduction):
     x, y, weight = token_batch([8, 6, 3, 1])
 
     def one_step(loss):
-        distiller = distiller_for(student_loss_weight=0.4)
+        distiller = distiller_for(student_loss_weight=0.4, fused_head=False)  # the logits' own fusion
         distiller.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss)
         logs = distiller.train_on_batch(x, y, weight, return_dict=True)
         step = tf.function(lambda: distiller.train_step((x, y, weight)))
