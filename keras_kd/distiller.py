@@ -7,7 +7,7 @@ from keras import ops
 from keras_kd import _keras_compat, _validation, augment, cache, fit_data, hard_label, lm, taps, terms
 from keras_kd import metrics as fidelity
 from keras_kd._validation import as_float, check_flag, check_number
-from keras_kd.hard_label import combine_weights, total
+from keras_kd.hard_label import total, traced_value
 from keras_kd.losses.base import global_token_count
 
 
@@ -197,11 +197,7 @@ class Distiller(keras.Model):
         """
         hard_label.check_compiled(loss, as_float(self.student_loss_weight))
         optimizer = keras.optimizers.get(optimizer)
-        # Emptied in place: Keras untracks what leaves its tracked list, so a
-        # re-compile without them does not keep logging stale metrics.
-        self.fidelity_metrics.clear()
-        found, metrics = fidelity.split_metrics(metrics, kwargs.get("weighted_metrics"))
-        self.fidelity_metrics.extend(found)
+        metrics = fidelity.take_fidelity_metrics(self.fidelity_metrics, metrics, kwargs.get("weighted_metrics"))
         optimizer = _keras_compat.loss_scale_optimizer(optimizer, self.student)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
         self._hard_label_loss_weights = kwargs.get("loss_weights")
@@ -243,12 +239,7 @@ class Distiller(keras.Model):
 
     def get_compile_config(self):
         """Keras's, with the fidelity metrics (which Keras does not see)."""
-        config = super().get_compile_config()
-        if config is not None and self.fidelity_metrics:
-            config["metrics"] = list(config.get("metrics") or []) + [
-                keras.saving.serialize_keras_object(m) for m in self.fidelity_metrics
-            ]
-        return config
+        return fidelity.with_fidelity_metrics(super().get_compile_config(), self.fidelity_metrics)
 
     def compile_from_config(self, config):
         """Re-compiles a loaded Distiller, optimizer state included."""
@@ -304,7 +295,10 @@ class Distiller(keras.Model):
     # ----------------------------------------------------------------- step
 
     def train_step(self, data):
-        plan = self._fused_head_for(data)
+        has_metrics = bool(self.fidelity_metrics) or _keras_compat.has_compiled_metrics(self)
+        plan = hard_label.fused_head_for(self._fused_head_plan, self._augment, data, self.loss,
+                                         self._hard_label_loss_weights,
+                                         traced_value(self.student_loss_weight), has_metrics)
         if plan is not None:
             return self._fused_head_step(plan, data)
         x, targets, sample_weight, teacher_outputs, mask = self._batch(data, training=True)
@@ -333,30 +327,16 @@ class Distiller(keras.Model):
                 values, x, targets, teacher_outputs, student_outputs, sample_weight, mask, agreement
             )
 
-    def _fused_head_for(self, data):
-        """The fused head's plan when this training step can use it, else `None`."""
-        if self._fused_head_plan is None or self._augment is not None:
-            return None
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        has_metrics = bool(self.fidelity_metrics) or _keras_compat.has_compiled_metrics(self)
-        applies = hard_label.fused_head_applies(
-            self._fused_head_plan, self.loss, self._hard_label_loss_weights, [] if y is None else [(y, None)],
-            _traced_value(self.student_loss_weight), has_metrics)
-        return self._fused_head_plan if applies else None
-
     def _fused_head_step(self, plan, data):
         """`train_step` through the fused output head: the same objective,
         gradients and logs, without either model's full logits."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         x, cached = cache.split(x)
         targets = [] if y is None else [(y, None)]
-        if cached is None:
-            teacher = plan.teacher.hidden(x, training=False)
-        else:  # the cached logits, or a top-K cache, a chunk at a time
-            cache.check_cached_outputs(cached, self._teacher_spec, self._terms)
-            teacher = cached.logits
+        teacher = hard_label.fused_head_teacher(plan, x, cached, self._teacher_spec, self._terms)
         mask = lm.token_mask(x, sample_weight, teacher)
-        labels = y if (self.loss is not None and _traced_value(self.student_loss_weight) != 0) else None
+        self._weightless_batches.count(mask)
+        labels = y if (self.loss is not None and traced_value(self.student_loss_weight) != 0) else None
         with global_token_count(mask):
             with tf.GradientTape() as tape:
                 value, student_loss, agreement = hard_label.fused_head_values(
@@ -409,31 +389,14 @@ class Distiller(keras.Model):
         None}`), taken as they are.
         """
         weight = ops.cast(self.student_loss_weight, "float32")
-        hard_label.check_labels(targets, _traced_value(self.student_loss_weight))
-        compiled_loss = _keras_compat.compile_loss(self)
         values = dict(given or {})
-        student_loss = values.pop("student_loss", None)
-        fused = None
-        if given is None and _traced_value(self.student_loss_weight) != 0:
-            fused = hard_label.fused_term(self._terms, self.loss, self._hard_label_loss_weights,
-                                          targets, teacher_outputs, student_outputs, training, mask)
-        if student_loss is not None:  # from the fused head
-            self._traced_without_hard_labels = False
-        elif fused is not None:  # one gradient pass for the hard labels and the forward KL
-            values[fused.name], student_loss = hard_label.fused_values(
-                fused, self.loss, targets[0][0], sample_weight, teacher_outputs, student_outputs,
-                mask)
-            self._traced_without_hard_labels = False
-        elif compiled_loss is None or not targets:
-            student_loss = total([])
-        elif training and _traced_value(self.student_loss_weight) == 0:
-            self._traced_without_hard_labels = True  # see make_train_function()
-            student_loss = hard_label.left_out(weight)
-        else:
-            if training:
-                self._traced_without_hard_labels = False
-            student_loss = hard_label.loss(compiled_loss, targets, student_outputs.output,
-                                           sample_weight)
+        student_loss, fused, without_labels = hard_label.student_loss(
+            values.pop("student_loss", None), given is None, self._terms, self.loss,
+            self._hard_label_loss_weights, _keras_compat.compile_loss(self), targets, sample_weight,
+            teacher_outputs, student_outputs, training, mask, self.student_loss_weight)
+        values.update(fused)
+        if without_labels is not None:  # see make_train_function()
+            self._traced_without_hard_labels = without_labels
         values = {"student_loss": student_loss, **values}
         weighted = []
         for term, loss_weight in zip(self._terms, self.distillation_loss_weights):
@@ -468,24 +431,11 @@ class Distiller(keras.Model):
 
     def _update_metrics(self, values, x, targets, teacher_outputs, student_outputs, sample_weight, mask,
                         agreement=None):
-        batch_size = ops.cast(ops.shape(keras.tree.flatten(x)[0])[0], "float32")
         if agreement is None:
             agreement = self._teacher_agreement(teacher_outputs, student_outputs, mask)
         values = dict(values, teacher_agreement=agreement, **terms.logged_values(self._terms))
-        _keras_compat.loss_tracker(self).update_state(values["loss"], sample_weight=batch_size)
-        self._logged_terms.update_state(values, batch_size)
-        compiled_metrics = _keras_compat.compile_metrics(self)
-        if compiled_metrics is not None and student_outputs.output is not None:  # None: fused head
-            for y, target_weight in targets:
-                compiled_metrics.update_state(
-                    y, student_outputs.output, combine_weights(sample_weight, target_weight)
-                )
-        unlabelled = fidelity.update_fidelity(
-            self.fidelity_metrics, targets, teacher_outputs.logits, student_outputs.logits, mask,
-            self.teacher_weights, self._logits_size)
-        results = self.get_metrics_result()
-        for name in unlabelled:  # ECE without labels is unknown, not 0
-            results.pop(name, None)
+        results = fidelity.update_step(self, values, x, targets, teacher_outputs, student_outputs,
+                                       sample_weight, mask)
         return _keras_compat.step_results(results, self.distribute_strategy)
 
     # --------------------------------------------------------------- config
@@ -537,12 +487,6 @@ def _deserialize(config):
     if isinstance(config, list):
         return [keras.saving.deserialize_keras_object(c) for c in config]
     return keras.saving.deserialize_keras_object(config)
-
-
-def _traced_value(variable):
-    """A variable's current value as a float, also while a step is traced."""
-    with tf.init_scope():
-        return as_float(variable)
 
 
 __all__ = ["Distiller"]

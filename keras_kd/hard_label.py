@@ -25,7 +25,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_kd import _keras_compat, lm
+from keras_kd import _keras_compat, cache, lm
 from keras_kd.losses import _fused_head
 from keras_kd.losses.base import masked_mean
 from keras_kd.losses.logits import LogitsDistillation
@@ -364,18 +364,135 @@ def unscaled(value):
     return value if replicas == 1 else value * replicas
 
 
+
+def student_loss(given, may_fuse, terms, hard_label_loss, hard_label_loss_weights, compiled_loss,
+                 targets, sample_weight, teacher_outputs, student_outputs, training, mask,
+                 student_loss_weight):
+    """The step's hard-label loss, by the one path that applies.
+
+    In order: the value the fused output head already computed (`given`);
+    one gradient pass shared with the forward KL (`fused_term`); nothing
+    without a compiled loss or labels; `left_out` while the weight is 0 in
+    training; else the compiled loss of the student's predictions.
+
+    Args:
+        given: the fused head's hard-label loss, or `None`.
+        may_fuse: whether the logits' own fused pass may be looked for (not
+            when the fused head computed the term).
+        terms: the Distiller's terms.
+        hard_label_loss: the loss given to `compile`.
+        hard_label_loss_weights: the `loss_weights` given to `compile`.
+        compiled_loss: Keras's compiled loss (`_keras_compat.compile_loss`).
+        targets: the batch's `(y, weight)` pairs.
+        sample_weight: the batch's sample weights, or `None`.
+        teacher_outputs: the teacher's `ViewOutputs`.
+        student_outputs: the student's `ViewOutputs`.
+        training: whether the step trains.
+        mask: the mask of real tokens, or `None`.
+        student_loss_weight: the Distiller's `student_loss_weight` variable.
+
+    Returns:
+        `(hard-label loss, {term name: value} computed with it,
+        traced_without_hard_labels)`: the last is `True`/`False` when the
+        step traced with or without the hard-label loss (see
+        `Distiller.make_train_function`), `None` when it does not say.
+
+    Raises:
+        ValueError: from `check_labels`.
+    """
+    weight_now = traced_value(student_loss_weight)
+    check_labels(targets, weight_now)
+    if given is not None:
+        return given, {}, False
+    fused = None
+    if may_fuse and weight_now != 0:
+        fused = fused_term(terms, hard_label_loss, hard_label_loss_weights, targets, teacher_outputs,
+                           student_outputs, training, mask)
+    if fused is not None:  # one gradient pass for the hard labels and the forward KL
+        value, hard_label = fused_values(fused, hard_label_loss, targets[0][0], sample_weight,
+                                         teacher_outputs, student_outputs, mask)
+        return hard_label, {fused.name: value}, False
+    if compiled_loss is None or not targets:
+        return total([]), {}, None
+    if training and weight_now == 0:
+        return left_out(ops.cast(student_loss_weight, "float32")), {}, True
+    return (loss(compiled_loss, targets, student_outputs.output, sample_weight), {},
+            False if training else None)
+
+
+def fused_head_for(plan, augment, data, hard_label_loss, hard_label_loss_weights, weight, has_metrics):
+    """The fused head's plan when this training step can use it, else `None`.
+
+    Args:
+        plan: the Distiller's `FusedHeadPlan`, or `None`.
+        augment: the Distiller's augmentation, or `None` (an augmented step
+            never uses the fused head).
+        data: the training batch.
+        hard_label_loss: the loss given to `compile`.
+        hard_label_loss_weights: the `loss_weights` given to `compile`.
+        weight: `student_loss_weight`, as a float.
+        has_metrics: whether any compiled or fidelity metric is set.
+
+    Returns:
+        `plan`, or `None`.
+    """
+    if plan is None or augment is not None:
+        return None
+    _, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+    targets = [] if y is None else [(y, None)]
+    if fused_head_applies(plan, hard_label_loss, hard_label_loss_weights, targets, weight, has_metrics):
+        return plan
+    return None
+
+
+def traced_value(variable):
+    """A variable's current value as a float, also while a step is traced.
+
+    Args:
+        variable: a `keras.Variable` (or a number).
+
+    Returns:
+        Its value as a Python float, read outside any traced function.
+    """
+    with tf.init_scope():
+        return float(keras.ops.convert_to_numpy(variable))
+
+
+def fused_head_teacher(plan, x, cached, teacher_spec, terms):
+    """What the fused head reads of the teacher for a batch.
+
+    Args:
+        plan: the `FusedHeadPlan`.
+        x: the batch's inputs (without the cache).
+        cached: the batch's cached teacher outputs, or `None`.
+        teacher_spec: the teacher view's symbolic outputs (for the cache's check).
+        terms: the Distiller's terms (for the cache's check).
+
+    Returns:
+        The teacher's final hidden states (one forward, inference mode), or
+        the cached logits or `keras_kd.lm.TopK`, read a chunk at a time.
+    """
+    if cached is None:
+        return plan.teacher.hidden(x, training=False)
+    cache.check_cached_outputs(cached, teacher_spec, terms)
+    return cached.logits
+
 __all__ = [
     "check_compiled",
     "check_labels",
     "combine_weights",
     "FusedHeadPlan",
     "fused_head_applies",
+    "fused_head_for",
     "fused_head_plan",
     "fused_head_values",
     "fused_term",
     "fused_values",
     "left_out",
     "loss",
+    "student_loss",
     "total",
+    "traced_value",
+    "fused_head_teacher",
     "unscaled",
 ]

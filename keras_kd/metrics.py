@@ -18,7 +18,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_kd import _validation, lm
+from keras_kd import _keras_compat, _validation, lm
+from keras_kd.hard_label import combine_weights
 from keras_kd.losses.base import masked_mean
 from keras_kd.losses.logits import mixture_logits
 
@@ -417,7 +418,86 @@ class TermMeans(keras.metrics.Metric):
         self.count.assign(0.0)
 
 
+
+def update_step(distiller, values, x, targets, teacher_outputs, student_outputs, sample_weight, mask):
+    """Feeds one step's values to every tracker of a Distiller; returns the logs.
+
+    The loss tracker and the term means take `values` (weighed by the batch
+    size), the compiled metrics the student's predictions against each
+    target, the fidelity metrics both models' logits.
+
+    Args:
+        distiller: the `keras_kd.Distiller`.
+        values: `{name: scalar}` of the step, `teacher_agreement` included.
+        x: the batch's inputs.
+        targets: the batch's `(y, weight)` pairs.
+        teacher_outputs: the teacher's `ViewOutputs`.
+        student_outputs: the student's `ViewOutputs` (`output` is `None`
+            in a fused-head step, which no compiled metric reads).
+        sample_weight: the batch's sample weights, or `None`.
+        mask: the mask of real tokens, or `None`.
+
+    Returns:
+        `{name: value}` of every metric, without the fidelity metrics that
+        need labels in a step without them (unknown, not 0).
+    """
+    batch_size = ops.cast(ops.shape(keras.tree.flatten(x)[0])[0], "float32")
+    _keras_compat.loss_tracker(distiller).update_state(values["loss"], sample_weight=batch_size)
+    distiller._logged_terms.update_state(values, batch_size)  # noqa: SLF001 - the Distiller's own
+    compiled_metrics = _keras_compat.compile_metrics(distiller)
+    if compiled_metrics is not None and student_outputs.output is not None:
+        for y, target_weight in targets:
+            compiled_metrics.update_state(
+                y, student_outputs.output, combine_weights(sample_weight, target_weight))
+    unlabelled = update_fidelity(
+        distiller.fidelity_metrics, targets, teacher_outputs.logits, student_outputs.logits, mask,
+        distiller.teacher_weights, distiller._logits_size)  # noqa: SLF001
+    results = distiller.get_metrics_result()
+    for name in unlabelled:
+        results.pop(name, None)
+    return results
+
+
+def with_fidelity_metrics(compile_config, fidelity_metrics):
+    """A Distiller's compile config with its fidelity metrics, which Keras
+    does not see, serialized among the metrics.
+
+    Args:
+        compile_config: `keras.Model.get_compile_config()`'s result, or `None`.
+        fidelity_metrics: the Distiller's `fidelity_metrics`.
+
+    Returns:
+        The config (the same dict, extended), or `None`.
+    """
+    if compile_config is not None and fidelity_metrics:
+        compile_config["metrics"] = list(compile_config.get("metrics") or []) + [
+            keras.saving.serialize_keras_object(m) for m in fidelity_metrics
+        ]
+    return compile_config
+
+
+def take_fidelity_metrics(fidelity_metrics, metrics, weighted_metrics=None):
+    """Moves the fidelity metrics of `compile(metrics=...)` into a Distiller's list.
+
+    The list is emptied and refilled in place: Keras untracks what leaves a
+    tracked list, so a re-compile without them does not keep logging stale
+    metrics.
+
+    Args:
+        fidelity_metrics: the Distiller's `fidelity_metrics` list.
+        metrics: what `compile` received as `metrics`.
+        weighted_metrics: what `compile` received as `weighted_metrics`.
+
+    Returns:
+        The metrics left for Keras (`split_metrics`'s second value).
+    """
+    fidelity_metrics.clear()
+    found, metrics = split_metrics(metrics, weighted_metrics)
+    fidelity_metrics.extend(found)
+    return metrics
+
 __all__ = [
     "FIDELITY_METRICS", "CalibrationError", "TeacherKL", "TermMeans", "built_results", "class_ids", "get",
     "is_fidelity_metric", "split_metrics", "teacher_agreement", "update_fidelity",
+    "take_fidelity_metrics", "update_step", "with_fidelity_metrics",
 ]

@@ -10,12 +10,21 @@ import pytest
 import tensorflow as tf
 
 import keras_kd
-from keras_kd import hard_label
+from keras_kd import _keras_compat, hard_label
 from keras_kd.losses import _fused_head
 from tests.test_lm import peak_buffers
 
 VOCABULARY, LENGTH = 97, 8
 RATE = 1e4
+
+
+def fused_plan_for(distiller, batch):
+    """The fused head's plan the Distiller's training step would take for `batch`, or None."""
+    has_metrics = bool(distiller.fidelity_metrics) or _keras_compat.has_compiled_metrics(distiller)
+    return hard_label.fused_head_for(
+        distiller._fused_head_plan, distiller._augment, batch, distiller.loss,
+        distiller._hard_label_loss_weights, hard_label.traced_value(distiller.student_loss_weight),
+        has_metrics)
 
 
 def gpt2(hidden, seed, name):
@@ -166,7 +175,7 @@ def test_a_final_dense_uses_the_fused_head_with_a_softmax_for_the_teacher_alone(
     distiller = keras_kd.Distiller(softmax_lm(16, 1, "teacher"), softmax_lm(8, 2, "student"))
     distiller.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy())
     assert distiller._fused_head_plan is not None
-    assert distiller._fused_head_for(batch) is None
+    assert fused_plan_for(distiller, batch) is None
 
 
 @pytest.mark.slow
@@ -225,12 +234,12 @@ def test_compiled_metrics_read_the_logits_so_the_usual_step_runs():
     distiller = keras_kd.Distiller(gpt2(16, 1, "teacher"), gpt2(8, 2, "student"))
     distiller.compile(optimizer="sgd", metrics=["accuracy"],
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    assert distiller._fused_head_for((x, y, weight)) is None
+    assert fused_plan_for(distiller, (x, y, weight)) is None
     logs = distiller.train_on_batch(x, y, weight, return_dict=True)
     assert "accuracy" in logs
     distiller.compile(optimizer="sgd", weighted_metrics=[],
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    assert distiller._fused_head_for((x, y, weight)) is distiller._fused_head_plan
+    assert fused_plan_for(distiller, (x, y, weight)) is distiller._fused_head_plan
 
 
 @pytest.mark.slow
@@ -271,7 +280,7 @@ def test_the_hard_label_loss_left_out_at_weight_zero_comes_back_when_the_weight_
     distiller = keras_kd.Distiller(gpt2(16, 1, "teacher"), gpt2(8, 2, "student"),
                                    keras_kd.losses.ReverseKL(2.0), student_loss_weight=0.0)
     distiller.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    assert distiller._fused_head_for((x, y, weight)) is not None
+    assert fused_plan_for(distiller, (x, y, weight)) is not None
     assert distiller.train_on_batch(x, y, weight, return_dict=True)["student_loss"] == 0.0
     distiller.student_loss_weight.assign(0.5)
     with pytest.raises(tf.errors.InvalidArgumentError, match="student_loss_weight left 0 after the "
@@ -287,7 +296,7 @@ def test_the_docs_snippet_runs_through_the_fused_head():
     namespace = {}
     exec(snippet, namespace)  # noqa: S102 - the page's own example
     distiller = namespace["distiller"]
-    assert distiller._fused_head_for((namespace["x"], namespace["ids"][:, 1:])) is not None
+    assert fused_plan_for(distiller, (namespace["x"], namespace["ids"][:, 1:])) is not None
     assert np.isfinite(distiller.history.history["loss"][0])
 
 
@@ -307,7 +316,7 @@ def test_on_policy_batches_train_through_the_fused_head():
                                        student_loss_weight=0.5, fused_head=fused)
         distiller.compile(optimizer=keras.optimizers.SGD(RATE),
                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        assert (distiller._fused_head_for(batch) is not None) == fused
+        assert (fused_plan_for(distiller, batch) is not None) == fused
         before = [v.numpy().copy() for v in student.trainable_variables]
         logs = distiller.train_on_batch(*batch, return_dict=True)
         steps.append((logs, [(b - v.numpy()) / RATE for v, b in zip(student.trainable_variables, before)]))
@@ -328,7 +337,7 @@ def test_a_teacher_cache_trains_the_student_through_the_fused_head(top_k, monkey
                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         dataset = tf.data.Dataset.from_tensor_slices((x, y, weight)).batch(4)
         batch = next(iter(keras_kd.cache_teacher_outputs(distiller, dataset, top_k=top_k, shuffle=False)))
-        assert (distiller._fused_head_for(batch) is not None) == fused
+        assert (fused_plan_for(distiller, batch) is not None) == fused
         before = [v.numpy().copy() for v in student.trainable_variables]
         logs = distiller.train_on_batch(*batch, return_dict=True)
         steps.append((logs, [(b - v.numpy()) / RATE for v, b in zip(student.trainable_variables, before)]))
@@ -342,6 +351,6 @@ def test_a_top_k_cache_still_refuses_other_losses_through_the_fused_head():
     distiller.compile(optimizer="sgd")
     dataset = tf.data.Dataset.from_tensor_slices((x, y, weight)).batch(4)
     cached = keras_kd.cache_teacher_outputs(distiller, dataset, top_k=16, shuffle=False)
-    assert distiller._fused_head_for(next(iter(cached))) is not None
+    assert fused_plan_for(distiller, next(iter(cached))) is not None
     with pytest.raises(ValueError, match="supports the forward KL"):
         distiller.fit(cached, epochs=1, verbose=0, shuffle=False)
