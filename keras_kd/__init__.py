@@ -2,7 +2,7 @@
 
 # `_backend` is imported first: it refuses a backend other than TensorFlow before
 # anything imports Keras (which fails first under a jax or torch not installed).
-from keras_kd import _backend, augment, callbacks, connectors, losses, metrics  # noqa: F401
+from keras_kd import _backend, _validation, augment, callbacks, connectors, losses, metrics  # noqa: F401
 from keras_kd._version import __version__
 from keras_kd.cache import cache_teacher_outputs
 from keras_kd.calibration import calibrate
@@ -34,17 +34,13 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
-    # `keras_kd.datasets` moved to the application (`keras_kd.app.datasets`):
-    # the demo data is not part of the library.
-    if name == "datasets":
-        import warnings
+def _app_datasets():
+    from keras_kd.app import datasets
 
-        warnings.warn(
-            "`keras_kd.datasets` moved to `keras_kd.app.datasets` (the demo's data, "
-            "which needs the 'demo' extra); the old name will be removed.",
-            DeprecationWarning, stacklevel=2)
-        from keras_kd.app import datasets
+    return datasets
 
-        return datasets
-    raise AttributeError(f"module 'keras_kd' has no attribute {name!r}")
+
+# `keras_kd.datasets` moved to the application: the demo data is not part of the library.
+__getattr__ = _validation.moved_attributes(__name__, {"datasets": (
+    "`keras_kd.datasets` moved to `keras_kd.app.datasets` (the demo's data, which needs "
+    "the 'demo' extra); the old name will be removed.", _app_datasets)})

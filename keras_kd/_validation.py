@@ -501,7 +501,38 @@ def check_scalar(value, loss, term):
         )
 
 
+
+def moved_attributes(module_name, moved):
+    """A module `__getattr__` that serves names which moved, with a
+    DeprecationWarning saying where they are now.
+
+    Args:
+        module_name: the module's `__name__`.
+        moved: `{old name: (message, load)}`: the warning's text and a
+            function of no arguments that returns the object.
+
+    Returns:
+        The `__getattr__` function (PEP 562).
+
+    Example:
+
+    ```python
+    __getattr__ = moved_attributes(__name__, {"OLD": ("OLD moved to pkg.NEW.", lambda: NEW)})
+    ```
+    """
+    def __getattr__(name):
+        if name not in moved:
+            raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
+        import warnings
+
+        message, load = moved[name]
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        return load()
+
+    return __getattr__
+
 __all__ = [
+    "moved_attributes",
     "MAX_TEMPERATURE",
     "as_float",
     "check_built",

@@ -227,3 +227,13 @@ def test_the_backend_of_keras_json_is_checked_too(tmp_path):
     returncode, stderr = import_keras_kd(KERAS_HOME=str(tmp_path))
     assert returncode == 1
     assert stderr[-1] == BACKEND_MESSAGE.format(backend="jax", source=tmp_path / "keras.json")
+
+
+def test_the_moved_demo_data_module_is_served_with_a_deprecation_warning():
+    import keras_kd
+    from keras_kd.app import datasets
+
+    with pytest.warns(DeprecationWarning, match=r"`keras_kd.datasets` moved to `keras_kd.app.datasets`"):
+        assert keras_kd.datasets is datasets
+    with pytest.raises(AttributeError, match="module 'keras_kd' has no attribute 'dataset'"):
+        keras_kd.dataset  # noqa: B018

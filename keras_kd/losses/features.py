@@ -19,7 +19,7 @@ Each loss says what it needs to line up (`alignment`):
 import keras
 from keras import ops
 
-from keras_kd import connectors
+from keras_kd import _validation, connectors
 from keras_kd.losses.base import (
     DistillationLoss,
     deserialize_loss,
@@ -596,19 +596,15 @@ class FeatureDistillation(DistillationLoss):
 
 
 
-def __getattr__(name):
-    """`FEATURE_LOSSES` moved to `keras_kd.losses` (a view of the one table)."""
-    if name == "FEATURE_LOSSES":
-        import warnings
+def _feature_losses():
+    from keras_kd import losses
 
-        from keras_kd import losses
+    return losses.FEATURE_LOSSES
 
-        warnings.warn(
-            "keras_kd.losses.features.FEATURE_LOSSES is deprecated; use "
-            "keras_kd.losses.FEATURE_LOSSES (name -> class, read from keras_kd.losses.LOSSES).",
-            DeprecationWarning, stacklevel=2)
-        return losses.FEATURE_LOSSES
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+__getattr__ = _validation.moved_attributes(__name__, {"FEATURE_LOSSES": (
+    "keras_kd.losses.features.FEATURE_LOSSES is deprecated; use keras_kd.losses.FEATURE_LOSSES "
+    "(name -> class, read from keras_kd.losses.LOSSES).", _feature_losses)})
 
 __all__ = [
     "PKT",

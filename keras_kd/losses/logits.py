@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_kd import lm
+from keras_kd import _validation, lm
 from keras_kd._validation import as_float, check_flag, check_number, check_temperature
 from keras_kd.losses import divergences
 from keras_kd.losses._fused_kl import (  # noqa: F401 - _chunked_positions, _forward_kl_values: re-exported for tests/test_lm.py
@@ -879,19 +879,15 @@ def _output_shapes(model):
 
 
 
-def __getattr__(name):
-    """`LOGIT_LOSSES` moved to `keras_kd.losses` (a view of the one table)."""
-    if name == "LOGIT_LOSSES":
-        import warnings
+def _logit_losses():
+    from keras_kd import losses
 
-        from keras_kd import losses
+    return losses.LOGIT_LOSSES
 
-        warnings.warn(
-            "keras_kd.losses.logits.LOGIT_LOSSES is deprecated; use "
-            "keras_kd.losses.LOGIT_LOSSES (name -> class, read from keras_kd.losses.LOSSES).",
-            DeprecationWarning, stacklevel=2)
-        return losses.LOGIT_LOSSES
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+__getattr__ = _validation.moved_attributes(__name__, {"LOGIT_LOSSES": (
+    "keras_kd.losses.logits.LOGIT_LOSSES is deprecated; use keras_kd.losses.LOGIT_LOSSES "
+    "(name -> class, read from keras_kd.losses.LOSSES).", _logit_losses)})
 
 __all__ = [
     "DIST",
