@@ -83,7 +83,7 @@ def test_python_dash_m_runs_the_command(module):
 def test_setup_declares_what_tensorflow_datasets_imports():
     setup = configparser.ConfigParser()
     setup.read(ROOT / "setup.cfg")
-    assert "importlib_resources" in setup["options"]["install_requires"].split()
+    assert "importlib_resources" in setup["options.extras_require"]["tfds"].split()
     assert setup["metadata"]["version"] == "attr: keras_kd._version.__version__"
 
 

@@ -12,7 +12,7 @@ from keras_kd.plan import FeaturePair, FeaturePlan, stages
 from keras_kd.taps import resolve_layer
 from tests.helpers import sparse_ce
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+FEATURES_PAGE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "features.md"
 
 
 def conv1d_student(name="seq_student"):
@@ -34,7 +34,7 @@ def test_demo_pair_is_paired_by_resolution_with_pointwise_connectors():
         FeaturePair((10,), "conv4", "conv2", (None, 10, 48), (None, 10, 16), "Conv1D kernel 1, 16 -> 48 channels"),
     ]
     assert plan.table().splitlines()[-1] == "teacher stages without a partner of the same resolution: conv1 (40)"
-    assert f"```text\n{plan.table()}\n```" in README.read_text()  # the README shows what it prints
+    assert f"```text\n{plan.table()}\n```" in FEATURES_PAGE.read_text()  # the docs show what it prints
 
 
 def test_the_plan_reads_the_graphs_without_running_the_models():
