@@ -5,12 +5,15 @@ an extra (`setup.cfg`), and a feature used without its extra says, in one
 line, which extra to install and how — never a bare `ModuleNotFoundError`.
 This module imports nothing of keras_kd (it is a leaf of the package).
 
-| package               | extra   | used by                                      |
-|-----------------------|---------|----------------------------------------------|
-| `ai_edge_litert`      | export  | `.tflite` files: export, parity, predictor   |
-| `tensorflow_datasets` | tfds    | `keras_kd.app.datasets.tfds` (`tfds:NAME`)   |
-| `keras_hub`           | demo    | `keras-kd demo lm`                           |
-| `mnist1d`, `sklearn`, `matplotlib` | demo | `keras-kd demo`, data, reports     |
+| package                          | extra  | asked for by                              |
+|----------------------------------|--------|-------------------------------------------|
+| `ai_edge_litert`                 | export | `.tflite` files: export, parity, predictor |
+| `tensorflow_datasets`            | tfds   | `keras_kd.app.datasets.tfds` (`tfds:NAME`) |
+| `keras_hub`                      | demo   | `keras-kd demo lm`                         |
+| `mnist1d`, `sklearn`, `matplotlib` | demo | `keras-kd demo`: its data and report      |
+
+The `lm` extra installs keras-hub for a user's own KerasHub models;
+`keras_kd.lm` works on any Keras model and imports no keras-hub itself.
 """
 
 import importlib

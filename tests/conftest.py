@@ -45,7 +45,11 @@ if keras_version() < (3, 13):
     # tensors. The tests are written for 3.13+; on 3.12 (`.ci/oldest`) this gives them
     # the same view of the same values. Nothing keras_kd computes is changed.
     def _floats(logs):
-        return {name: float(np.asarray(value)) for name, value in logs.items()}
+        if isinstance(logs, dict):
+            return {name: float(np.asarray(value)) for name, value in logs.items()}
+        if isinstance(logs, list):
+            return [float(np.asarray(value)) for value in logs]
+        return float(np.asarray(logs))
 
     @pytest.fixture(autouse=True)
     def _keras_3_13_logs(monkeypatch):
@@ -53,14 +57,12 @@ if keras_version() < (3, 13):
             keras.Model.evaluate, keras.Model.train_on_batch, keras.Model.test_on_batch)
 
         def evaluate_(self, *args, **kwargs):
-            logs = evaluate(self, *args, **kwargs)
-            return _floats(logs) if kwargs.get("return_dict") else logs
+            return _floats(evaluate(self, *args, **kwargs))
 
         def on_batch(method):
             def call(self, *args, **kwargs):
                 self.reset_metrics()
-                logs = method(self, *args, **kwargs)
-                return _floats(logs) if kwargs.get("return_dict") else logs
+                return _floats(method(self, *args, **kwargs))
             return call
 
         monkeypatch.setattr(keras.Model, "evaluate", evaluate_)

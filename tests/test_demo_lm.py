@@ -72,7 +72,9 @@ def test_bits_per_byte_is_the_masked_mean_nll_in_bits():
     vocabulary, length = 7, 5
     token_ids = keras.Input((length,), dtype="int32", name="token_ids")
     padding_mask = keras.Input((length,), dtype="int32", name="padding_mask")
-    logits = keras.layers.Embedding(vocabulary, vocabulary, embeddings_initializer="random_normal")(token_ids)
+    embedding = keras.layers.Embedding(vocabulary, vocabulary, embeddings_initializer="random_normal")
+    # `padding_mask` joins the graph with weight 0: Keras 3.12 refuses a model input no output uses.
+    logits = embedding(token_ids) + 0.0 * keras.ops.cast(padding_mask, "float32")[..., None]
     model = keras.Model({"token_ids": token_ids, "padding_mask": padding_mask}, logits)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, vocabulary, (6, length)).astype("int32")
@@ -81,7 +83,7 @@ def test_bits_per_byte_is_the_masked_mean_nll_in_bits():
     data = [({"token_ids": ids[i:i + 4], "padding_mask": mask[i:i + 4]}, targets[i:i + 4], mask[i:i + 4])
             for i in (0, 4)]  # batches of 4 and 2
 
-    table = keras.ops.convert_to_numpy(model.layers[-1].embeddings).astype("float64")
+    table = keras.ops.convert_to_numpy(embedding.embeddings).astype("float64")
     log_probs = table - np.log(np.exp(table).sum(-1, keepdims=True))
     nll = -log_probs[ids, targets]
     expected = nll[mask == 1].mean() / math.log(2)

@@ -74,7 +74,7 @@ def test_each_extra_installs_what_its_features_need():
               for extra in ("lm", "export", "tfds", "demo", "test", "docs")}
     assert extras["lm"] == {"keras-hub"}
     assert extras["export"] == {"ai-edge-litert"}
-    assert extras["tfds"] == {"tensorflow-datasets", "importlib_resources"}
+    assert extras["tfds"] == {"tensorflow-datasets", "importlib_resources", "tensorflow-metadata"}
     assert {"keras-hub", "ai-edge-litert", "mnist1d", "scikit-learn", "matplotlib"} <= extras["demo"]
     assert {"keras-kd", "pytest", "pytest-xdist", "ruff", "sybil"} <= extras["test"]
     assert extras["docs"] == {"mkdocs", "mkdocs-material", "mkdocstrings"}
