@@ -106,7 +106,7 @@ def head_of(model):
     args, kwargs = _keras_compat.call_arguments(operation, node_index)
     if getattr(operation, "quantization_mode", None) or getattr(operation, "lora_enabled", False):
         return None, f"its output layer '{operation.name}' is quantized or has LoRA"
-    known = next((base for base in (keras.layers.ReversibleEmbedding, keras.layers.Dense)
+    known = next((base for base in (*_reversible_embeddings(), keras.layers.Dense)
                   if isinstance(operation, base)), None)
     if known is not None and type(operation).call is not known.call:
         # `Head.logits` computes what the Keras layer's own `call` does.
@@ -114,7 +114,7 @@ def head_of(model):
                       f"has a `call` of its own")
     if getattr(operation, "activity_regularizer", None) is not None:
         return None, f"its output layer '{operation.name}' has an activity regularizer on the logits"
-    if isinstance(operation, keras.layers.ReversibleEmbedding):
+    if isinstance(operation, _reversible_embeddings()):
         if not kwargs.get("reverse", args[1] if len(args) > 1 else False):
             return None, f"its output layer '{operation.name}' is an embedding lookup"
     elif isinstance(operation, keras.layers.Dense):
@@ -286,5 +286,21 @@ def _in_order(concatenated, count, size, chunks, starts):
     chunk_of = tf.minimum(positions // size, chunks - 1)
     return tf.gather(concatenated, chunk_of * size + positions - tf.gather(starts, chunk_of))
 
+
+
+def _reversible_embeddings():
+    """The `ReversibleEmbedding` classes a model may hold: Keras's, and, with
+    a KerasHub older than the move of the layer into Keras (0.25 beside
+    Keras 3.12), KerasHub's own class, which computes the same projection
+    (`call(reverse=True)`: matmul with the tied or untied matrix, then the
+    soft-cap). KerasHub is only looked at when a model already imported it."""
+    import sys
+
+    classes = [keras.layers.ReversibleEmbedding]
+    keras_hub = sys.modules.get("keras_hub")
+    hub_class = getattr(getattr(keras_hub, "layers", None), "ReversibleEmbedding", None)
+    if hub_class is not None and hub_class not in classes:
+        classes.append(hub_class)
+    return tuple(classes)
 
 __all__ = ["CHUNK_ELEMENTS", "Head", "fused_head_values", "head_of", "vocabulary"]
