@@ -328,8 +328,7 @@ class Distiller(keras.Model):
             )
 
     def _fused_head_step(self, plan, data):
-        """`train_step` through the fused output head: the same objective,
-        gradients and logs, without either model's full logits."""
+        """`train_step` through the fused output head: no full logits, same objective and logs."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         x, cached = cache.split(x)
         targets = [] if y is None else [(y, None)]
