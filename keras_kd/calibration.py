@@ -13,12 +13,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["calibrate", "fit_temperature", "expected_calibration_error"]
+__all__ = ["BINS", "calibrate", "expected_calibration_error", "fit_temperature", "reliability"]
 
 # Temperatures are searched in [1 / MAX_INVERSE, 1 / MIN_INVERSE]: a
 # minimum outside that range means the validation data cannot pin one down.
 MIN_INVERSE = 1e-2
 MAX_INVERSE = 1e2
+PROBE_SAMPLES = 64  # validation inputs run again after folding, as a check
 _FOLDABLE_ACTIVATIONS = ("linear", "softmax")
 
 
@@ -62,11 +63,13 @@ def calibrate(model, validation_data, batch_size=256):
         Networks", ICML 2017, arXiv:1706.04599.
     """
     head = _foldable_head(model)
-    logits, labels = _logits_and_labels(model, head, validation_data, batch_size)
+    logits, labels, probe = _logits_and_labels(model, head, validation_data, batch_size)
     temperature = fit_temperature(logits, labels)
-    head.kernel.assign(head.kernel / temperature)
-    if head.use_bias:
-        head.bias.assign(head.bias / temperature)
+    weights = [head.kernel] + ([head.bias] if head.use_bias else [])
+    originals = [w.numpy() for w in weights]
+    for weight, value in zip(weights, originals):
+        weight.assign(value / temperature)
+    _check_folded(model, head, probe, logits, temperature, weights, originals)
     return temperature
 
 
@@ -122,7 +125,11 @@ def fit_temperature(logits, labels):
     return float(1.0 / np.exp((low + high) / 2))
 
 
-def expected_calibration_error(probabilities, labels, bins=15):
+BINS = 15
+"""Equal-width confidence bins of the ECE and the reliability diagram (Guo et al. use 15)."""
+
+
+def expected_calibration_error(probabilities, labels, bins=BINS):
     """ECE of top-1 predictions in equal-width confidence bins (NumPy).
 
     Args:
@@ -131,20 +138,61 @@ def expected_calibration_error(probabilities, labels, bins=15):
         bins: number of bins `((m-1)/M, m/M]`.
 
     Returns:
-        `sum_m (n_m / n) |accuracy_m - confidence_m|`, a float in [0, 1].
+        `sum_m (n_m / n) |accuracy_m - confidence_m|`, a float in [0, 1]
+        (`reliability(...)["ece"]`).
 
     Reference:
         Guo et al., ICML 2017 (as `keras_kd.metrics.CalibrationError`).
     """
-    p = np.asarray(probabilities, np.float64)
-    confidence = p.max(axis=-1)
-    correct = (p.argmax(axis=-1) == np.asarray(labels)).astype(np.float64)
-    index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
-    gap = 0.0
-    for m in range(bins):
-        in_bin = index == m
-        gap += abs(correct[in_bin].sum() - confidence[in_bin].sum())
-    return float(gap / len(p))
+    return reliability(probabilities, labels, bins)["ece"]
+
+
+def reliability(probabilities, labels, bins=BINS):
+    """Accuracy per confidence bin and the expected calibration error (ECE).
+
+    A sample's confidence is its largest probability; it falls in bin `b`
+    when `b / bins < confidence <= (b + 1) / bins`. The ECE is the mean over
+    samples of `|accuracy - mean confidence|` of their bin.
+
+    Args:
+        probabilities: `(samples, classes)` predicted probabilities.
+        labels: `(samples,)` true class ids.
+        bins: number of equal-width bins on [0, 1].
+
+    Returns:
+        A dict: `edges` (`bins + 1` bin edges), `count` (samples per bin),
+        `confidence` and `accuracy` (mean per bin, NaN for an empty bin) and
+        `ece` (a float in [0, 1]).
+
+    Example:
+
+    ```python
+    curve = keras_kd.calibration.reliability(np.array([[0.9, 0.1], [0.6, 0.4]]), np.array([0, 1]), bins=2)
+    curve["ece"]  # both in the bin (0.5, 1]: |accuracy 0.5 - confidence 0.75| = 0.25
+    ```
+
+    Reference:
+        Guo et al., "On Calibration of Modern Neural Networks", ICML 2017,
+        arXiv:1706.04599.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    confidence = probabilities.max(axis=-1)
+    correct = (probabilities.argmax(axis=-1) == np.asarray(labels)).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.digitize(confidence, edges[1:-1], right=True)  # edges[b] < confidence <= edges[b + 1]
+    count = np.bincount(index, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):  # empty bins become NaN
+        mean_confidence = np.bincount(index, confidence, minlength=bins) / count
+        accuracy = np.bincount(index, correct, minlength=bins) / count
+    gaps = np.abs(accuracy - mean_confidence)
+    ece = float(np.sum(count[count > 0] * gaps[count > 0]) / len(confidence))
+    return {
+        "edges": edges,
+        "count": count,
+        "confidence": mean_confidence,
+        "accuracy": accuracy,
+        "ece": ece,
+    }
 
 
 def _foldable_head(model):
@@ -169,13 +217,15 @@ def _foldable_head(model):
 
 def _logits_and_labels(model, head, validation_data, batch_size):
     if isinstance(validation_data, tf.data.Dataset):
-        parts = [(model.predict_on_batch(x), np.asarray(y)) for x, y in validation_data]
-        outputs = np.concatenate([o for o, _ in parts])
-        labels = np.concatenate([y for _, y in parts])
+        parts = [(x, model.predict_on_batch(x), np.asarray(y)) for x, y in validation_data]
+        probe = parts[0][0] if parts else None
+        outputs = np.concatenate([o for _, o, _ in parts])
+        labels = np.concatenate([y for _, _, y in parts])
     elif isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
         x, labels = validation_data
         outputs = model.predict(x, batch_size=batch_size, verbose=0)
         labels = np.asarray(labels)
+        probe = keras.tree.map_structure(lambda a: a[:PROBE_SAMPLES], x)
     else:
         raise ValueError(
             f"`validation_data` must be `(x, y)` or a tf.data.Dataset of (x, y) batches, "
@@ -199,4 +249,29 @@ def _logits_and_labels(model, head, validation_data, batch_size):
     if head.activation.__name__ == "softmax":
         # log p = z - logsumexp(z): the same softmax(b * .) as the logits.
         outputs = np.log(np.maximum(outputs, np.finfo(np.float32).tiny))
-    return outputs, labels
+    return outputs, labels, probe
+
+
+def _check_folded(model, head, probe, logits, temperature, weights, originals):
+    """Runs the folded model on the first validation inputs: its logits must
+    be the old ones divided by `T`. Otherwise (`model.layers[-1]` is not
+    what produces the output, as in a subclassed model that defines its
+    head before other layers) the weights are restored and the call refused,
+    instead of returning a model calibrated wrongly."""
+    after = np.asarray(model.predict_on_batch(probe), np.float64)
+    expected = logits[:len(after)] / temperature
+    if head.activation.__name__ == "softmax":  # compared as probabilities: logs of 0 are clipped
+        expected = np.exp(expected - expected.max(axis=-1, keepdims=True))
+        matches = np.allclose(after, expected / expected.sum(axis=-1, keepdims=True), atol=1e-3)
+    else:
+        matches = np.allclose(after, expected, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(expected).max()))
+    if not matches:
+        for weight, value in zip(weights, originals):
+            weight.assign(value)
+        raise ValueError(
+            f"`calibrate` divided the weights of '{model.name}'s last layer '{head.name}' by "
+            f"T={temperature:.4g}, but the model's outputs did not become its logits divided by "
+            f"T: '{head.name}' does not compute the model's output. The weights are restored. "
+            f"Calibrate a Functional or Sequential model that ends in the Dense layer of its "
+            f"logits."
+        )

@@ -141,3 +141,27 @@ def test_bad_labels_and_separable_data_are_refused(trained):
     head.set_weights([20.0 * np.eye(3, dtype="float32"), np.zeros(3, "float32")])
     with pytest.raises(ValueError, match=r"likelihood keeps rising as T -> 0 .* more, or harder, held-out"):
         keras_kd.calibrate(separable, (np.eye(3, dtype="float32")[y], y))
+
+
+def test_a_last_layer_that_does_not_compute_the_output_is_restored_and_refused():
+    # A subclassed model lists its layers in the order they were assigned:
+    # here `layers[-1]` is the hidden Dense, not the head that gives the output.
+    class Model(keras.Model):
+        def __init__(self):
+            super().__init__(name="subclassed")
+            self.head = keras.layers.Dense(3, bias_initializer="ones")
+            self.hidden = keras.layers.Dense(16, bias_initializer="ones")
+
+        def call(self, x):
+            return self.head(keras.activations.relu(self.hidden(x)))
+
+    model = Model()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(*blobs(2000, 0), epochs=3, batch_size=64, verbose=0)
+    x_val, y_val = blobs(1000, 1)
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match=r"last layer 'dense_\d+' by T=.*, but the model's outputs did not "
+                                         r"become its logits divided by T: .* The weights are restored"):
+        keras_kd.calibrate(model, (x_val, y_val))
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)

@@ -14,63 +14,12 @@ import numpy as np
 
 from keras_kd import _extras
 from keras_kd._files import atomic_path
+from keras_kd.calibration import BINS, reliability  # noqa: F401 - report.reliability, report.BINS
 
 # matplotlib comes with the 'demo' extra.
 _FEATURE = "The report of keras-kd demo (keras_kd.app.report)"
 FigureCanvasAgg = _extras.require("matplotlib.backends.backend_agg", _FEATURE, "demo").FigureCanvasAgg
 Figure = _extras.require("matplotlib.figure", _FEATURE, "demo").Figure
-
-BINS = 15
-"""Equal-width confidence bins of the reliability diagram (Guo et al. use 15)."""
-
-
-def reliability(probabilities, labels, bins=BINS):
-    """Accuracy per confidence bin and the expected calibration error (ECE).
-
-    A sample's confidence is its largest probability; it falls in bin `b`
-    when `b / bins < confidence <= (b + 1) / bins`. The ECE is the mean over
-    samples of `|accuracy - mean confidence|` of their bin.
-
-    Args:
-        probabilities: `(samples, classes)` predicted probabilities.
-        labels: `(samples,)` true class ids.
-        bins: number of equal-width bins on [0, 1].
-
-    Returns:
-        A dict: `edges` (`bins + 1` bin edges), `count` (samples per bin),
-        `confidence` and `accuracy` (mean per bin, NaN for an empty bin) and
-        `ece` (a float in [0, 1]).
-
-    Example:
-
-    ```python
-    curve = reliability(np.array([[0.9, 0.1], [0.6, 0.4]]), np.array([0, 1]), bins=2)
-    curve["ece"]  # both in the bin (0.5, 1]: |accuracy 0.5 - confidence 0.75| = 0.25
-    ```
-
-    Reference:
-        Guo et al., "On Calibration of Modern Neural Networks", ICML 2017,
-        arXiv:1706.04599.
-    """
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    confidence = probabilities.max(axis=-1)
-    correct = (probabilities.argmax(axis=-1) == np.asarray(labels)).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    index = np.digitize(confidence, edges[1:-1], right=True)  # edges[b] < confidence <= edges[b + 1]
-    count = np.bincount(index, minlength=bins)
-    with np.errstate(invalid="ignore", divide="ignore"):  # empty bins become NaN
-        mean_confidence = np.bincount(index, confidence, minlength=bins) / count
-        accuracy = np.bincount(index, correct, minlength=bins) / count
-    gaps = np.abs(accuracy - mean_confidence)
-    ece = float(np.sum(count[count > 0] * gaps[count > 0]) / len(confidence))
-    return {
-        "edges": edges,
-        "count": count,
-        "confidence": mean_confidence,
-        "accuracy": accuracy,
-        "ece": ece,
-    }
-
 
 def per_class_agreement(student_predictions, teacher_predictions, labels, classes):
     """Share of samples of each true class on which student and teacher agree.
