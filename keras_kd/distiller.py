@@ -295,7 +295,8 @@ class Distiller(keras.Model):
     # ----------------------------------------------------------------- step
 
     def train_step(self, data):
-        has_metrics = bool(self.fidelity_metrics) or _keras_compat.has_compiled_metrics(self)
+        has_metrics = (_keras_compat.has_compiled_metrics(self)
+                       or not fidelity.measurable_by_chunks(self.fidelity_metrics, data))
         plan = hard_label.fused_head_for(self._fused_head_plan, self._augment, data, self.loss,
                                          self._hard_label_loss_weights,
                                          traced_value(self.student_loss_weight), has_metrics)
@@ -337,9 +338,10 @@ class Distiller(keras.Model):
         self._weightless_batches.count(mask)
         labels = y if (self.loss is not None and traced_value(self.student_loss_weight) != 0) else None
         with global_token_count(mask):
+            statistics = fidelity.fused_statistics(self.fidelity_metrics, targets)
             with tf.GradientTape() as tape:
-                value, student_loss, agreement = hard_label.fused_head_values(
-                    plan, x, teacher, labels, self.loss, sample_weight, mask, cached=cached is not None)
+                value, student_loss, agreement, measured = hard_label.fused_head_values(
+                    plan, x, teacher, labels, self.loss, sample_weight, mask, cached is not None, statistics)
                 values = self._objective(targets, sample_weight, None, None, True, mask,
                                          given={plan.term.name: value, "student_loss": student_loss})
                 loss = self.optimizer.scale_loss(_scaled(values["loss"]))
@@ -347,7 +349,7 @@ class Distiller(keras.Model):
             self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
             nothing = taps.ViewOutputs(None, None, {})  # no logits: no metric reads them
             return self._update_metrics(values, x, targets, nothing, nothing, sample_weight, mask,
-                                        agreement)
+                                        agreement, (measured, statistics[1] is not None))
 
     def test_step(self, data):
         x, targets, sample_weight, teacher_outputs, mask = self._batch(data, training=False)
@@ -407,9 +409,7 @@ class Distiller(keras.Model):
         values["total_loss"] = total(
             [weight * values["student_loss"], (1.0 - weight) * values["distillation_loss"]]
         )
-        regularization = [
-            ops.cast(ops.sum(value), "float32") for value in self.student.losses
-        ]
+        regularization = [ops.cast(ops.sum(value), "float32") for value in self.student.losses]
         values["loss"] = total([values["total_loss"]] + regularization)
         return values
 
@@ -429,12 +429,12 @@ class Distiller(keras.Model):
                                           self.teacher_weights, self._logits_size)
 
     def _update_metrics(self, values, x, targets, teacher_outputs, student_outputs, sample_weight, mask,
-                        agreement=None):
+                        agreement=None, measured=None):
         if agreement is None:
             agreement = self._teacher_agreement(teacher_outputs, student_outputs, mask)
         values = dict(values, teacher_agreement=agreement, **terms.logged_values(self._terms))
         results = fidelity.update_step(self, values, x, targets, teacher_outputs, student_outputs,
-                                       sample_weight, mask)
+                                       sample_weight, mask, measured)
         return _keras_compat.step_results(results, self.distribute_strategy)
 
     # --------------------------------------------------------------- config

@@ -255,8 +255,8 @@ def fused_head_plan(enabled, teachers, student, terms):
 def fused_head_applies(plan, hard_label_loss, hard_label_loss_weights, targets, weight, has_metrics):
     """Whether a training step traced now can use the fused head.
 
-    The head gives no logits: it applies when no compiled or fidelity metric
-    reads them, and the hard-label loss (when its weight is not 0) is
+    The head gives no logits: it applies when no compiled metric reads
+    them (fidelity metrics are computed a chunk at a time), and the hard-label loss (when its weight is not 0) is
     `SparseCategoricalCrossentropy(from_logits=True)` (without
     `ignore_class` or `loss_weights`) of one label per position, and the
     student's output is its logits (a final softmax would give that loss
@@ -268,7 +268,9 @@ def fused_head_applies(plan, hard_label_loss, hard_label_loss_weights, targets, 
         hard_label_loss_weights: the `loss_weights` given to `compile`.
         targets: the batch's `(y, weight)` pairs.
         weight: `student_loss_weight`, as a float.
-        has_metrics: whether any compiled or fidelity metric is set.
+        has_metrics: whether a metric needs the whole logits (a compiled
+            one, or a fidelity one `keras_kd.metrics.measurable_by_chunks`
+            refuses).
 
     Returns:
         A bool.
@@ -282,7 +284,8 @@ def fused_head_applies(plan, hard_label_loss, hard_label_loss_weights, targets, 
             and _is_plain_token_cross_entropy(hard_label_loss) and hard_label_loss_weights is None)
 
 
-def fused_head_values(plan, x, teacher, y, hard_label_loss, sample_weight, mask, cached=False):
+def fused_head_values(plan, x, teacher, y, hard_label_loss, sample_weight, mask, cached=False,
+                      statistics=(None, None)):
     """The term's value, the hard-label loss and the top-1 agreement of a
     training step, from the fused output head.
 
@@ -296,11 +299,14 @@ def fused_head_values(plan, x, teacher, y, hard_label_loss, sample_weight, mask,
         sample_weight: the batch's sample weights, or `None`.
         mask: the mask of real tokens, or `None`.
         cached: whether `teacher` comes from a cache of teacher outputs.
+        statistics: `keras_kd.metrics.fused_statistics`'s pair: what to
+            compute per chunk for the fidelity metrics, and their labels.
 
     Returns:
-        `(term value, hard-label loss or None, agreement)`, float32 scalars
-        equal to the unfused step's (`Term.value`, `loss`,
-        `keras_kd.metrics.teacher_agreement`).
+        `(term value, hard-label loss or None, agreement, statistics)`:
+        float32 scalars equal to the unfused step's (`Term.value`, `loss`,
+        `keras_kd.metrics.teacher_agreement`), and the per-position
+        fidelity values (`keras_kd.metrics.add_fidelity_values`).
     """
     student_hidden = plan.student.hidden(x, training=True)
     per_position, head, top1 = plan.per_position, plan.teacher, None
@@ -308,14 +314,14 @@ def fused_head_values(plan, x, teacher, y, hard_label_loss, sample_weight, mask,
         head = None
         if isinstance(teacher, lm.TopK):  # as LogitsDistillation.compute_loss, a chunk at a time
             per_position, top1 = plan.term.loss._top_k_kl, lambda top: top.ids[:, 0]
-    values, cross_entropy, agreement = _fused_head.fused_head_values(
-        per_position, head, plan.student, teacher, student_hidden, y, top1)
+    values, cross_entropy, agreement, measured = _fused_head.fused_head_values(
+        per_position, head, plan.student, teacher, student_hidden, y, top1, *statistics)
     value = masked_mean(values, mask)
     hard_label = None
     if y is not None:
         hard_label = unscaled(ops.cast(
             _PerPositionLoss(hard_label_loss)(y, cross_entropy, sample_weight), "float32"))
-    return value, hard_label, masked_mean(agreement, mask)
+    return value, hard_label, masked_mean(agreement, mask), measured
 
 
 def _is_plain_token_cross_entropy(loss):
@@ -431,7 +437,9 @@ def fused_head_for(plan, augment, data, hard_label_loss, hard_label_loss_weights
         hard_label_loss: the loss given to `compile`.
         hard_label_loss_weights: the `loss_weights` given to `compile`.
         weight: `student_loss_weight`, as a float.
-        has_metrics: whether any compiled or fidelity metric is set.
+        has_metrics: whether a metric needs the whole logits (a compiled
+            one, or a fidelity one `keras_kd.metrics.measurable_by_chunks`
+            refuses).
 
     Returns:
         `plan`, or `None`.

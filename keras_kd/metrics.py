@@ -41,6 +41,21 @@ def class_ids(y_true, positions_shape, classes):
     return ops.reshape(ops.cast(y_true, "int32"), positions_shape)
 
 
+def kl_per_position(teacher_logits, student_logits):
+    """`KL(softmax(t) ‖ softmax(s))` per position, from `log_softmax` in float32."""
+    log_p = ops.log_softmax(ops.cast(teacher_logits, "float32"), axis=-1)
+    log_q = ops.log_softmax(ops.cast(student_logits, "float32"), axis=-1)
+    return ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def confidence_and_correct(logits, labels):
+    """Per position: the top-1 probability of `logits`, and whether the
+    top-1 class is `labels` (int32 class ids of the positions)."""
+    logits = ops.cast(logits, "float32")
+    confidence = ops.exp(ops.max(logits, axis=-1) - ops.logsumexp(logits, axis=-1))
+    return confidence, ops.cast(ops.argmax(logits, axis=-1), "int32") == labels
+
+
 def _weights(sample_weight, positions_shape):
     """Per-position float32 weights: the mask, or ones."""
     if sample_weight is None:
@@ -88,9 +103,7 @@ class TeacherKL(keras.metrics.Metric):
             sample_weight: `(...)` weights of the positions (the token mask),
                 or `None` for all.
         """
-        log_p = ops.log_softmax(ops.cast(y_true, "float32"), axis=-1)
-        log_q = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
-        self.add_values(ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1), sample_weight)
+        self.add_values(kl_per_position(y_true, y_pred), sample_weight)
 
     def add_values(self, values, sample_weight=None):
         """Adds per-position KL values already computed (top-K caches)."""
@@ -172,11 +185,8 @@ class CalibrationError(keras.metrics.Metric):
             sample_weight: `(...)` weights of the positions (the token mask),
                 or `None` for all.
         """
-        logits = ops.cast(y_pred, "float32")
-        labels = class_ids(y_true, ops.shape(logits)[:-1], logits.shape[-1])
-        confidence = ops.exp(ops.max(logits, axis=-1) - ops.logsumexp(logits, axis=-1))
-        prediction = ops.cast(ops.argmax(logits, axis=-1), "int32")
-        self.add_predictions(confidence, prediction == labels, sample_weight)
+        labels = class_ids(y_true, ops.shape(y_pred)[:-1], y_pred.shape[-1])
+        self.add_predictions(*confidence_and_correct(y_pred, labels), sample_weight)
 
     def add_predictions(self, confidence, correct, sample_weight=None):
         """Adds top-1 confidences and whether each was right (top-K caches).
@@ -322,34 +332,116 @@ def update_fidelity(metrics, targets, teacher_logits, student_logits, mask, teac
     """
     if not metrics:
         return []
-    labels = targets[0][0] if len(targets) == 1 and targets[0][1] is None else None
+    student = ops.stop_gradient(_first_logits(student_logits, logits_size))
+    labels = fidelity_labels(targets)
     if labels is not None:
-        labels = keras.tree.flatten(labels)[0]  # the first output's, as the logits
-    student = _first_logits(student_logits, logits_size)
-    top = teacher_logits if isinstance(teacher_logits, lm.TopK) else None
-    teacher = None
-    if top is None:
+        labels = class_ids(labels, ops.shape(student)[:-1], student.shape[-1])
+    teacher = teacher_logits
+    if not isinstance(teacher_logits, lm.TopK):
         teacher = _teacher_logits(teacher_logits, teacher_weights, logits_size)
-    student = ops.stop_gradient(student)
-    skipped = []
+    values = fidelity_values(metrics, teacher, student, labels)
+    return add_fidelity_values(metrics, values, mask, labels is not None)
+
+
+def fidelity_labels(targets):
+    """The labels fidelity metrics read from a batch's `(y, weight)` pairs:
+    the first output's, when there is one pair without a weight; else `None`."""
+    if len(targets) == 1 and targets[0][1] is None:
+        return keras.tree.flatten(targets[0][0])[0]
+    return None
+
+
+def fidelity_value_count(metrics, labelled):
+    """How many per-position tensors `fidelity_values` returns."""
+    return sum(1 if isinstance(m, TeacherKL) else 2 * labelled for m in metrics)
+
+
+def fidelity_values(metrics, teacher, student, labels):
+    """The per-position values that update the fidelity metrics.
+
+    Position by position, so a step that never holds the whole logits (the
+    fused output head) computes them a chunk of positions at a time.
+
+    Args:
+        metrics: the `TeacherKL` / `CalibrationError` instances.
+        teacher: the teacher's logits `(..., classes)`, or a
+            `keras_kd.lm.TopK` of the same positions.
+        student: the student's logits `(..., classes)`.
+        labels: int32 class ids of the positions, or `None`.
+
+    Returns:
+        A list, in the order of `metrics`: one KL tensor per `TeacherKL`;
+        the confidence and correctness per `CalibrationError` (none without
+        labels). `add_fidelity_values` consumes it.
+    """
+    top = teacher if isinstance(teacher, lm.TopK) else None
+    values = []
     for metric in metrics:
-        if getattr(metric, "needs_labels", False) and labels is None:
-            skipped.append(metric.name)
-        elif isinstance(metric, TeacherKL):
-            if top is None:
-                metric.update_state(teacher, student, mask)
-            else:
-                metric.add_values(lm.top_k_kl(top, student), mask)
+        if isinstance(metric, TeacherKL):
+            values.append(kl_per_position(teacher, student) if top is None else lm.top_k_kl(top, student))
+        elif labels is None:
+            continue
         elif metric.model == "student":
-            metric.update_state(labels, student, mask)
+            values += confidence_and_correct(student, labels)
         elif top is None:
-            metric.update_state(labels, teacher, mask)
+            values += confidence_and_correct(teacher, labels)
         else:  # a top-K cache holds the teacher's top-1 log-probability and id
-            correct = top.ids[..., 0] == class_ids(
-                labels, ops.shape(top.ids)[:-1], student.shape[-1]
-            )
-            metric.add_predictions(ops.exp(ops.cast(top.log_probs[..., 0], "float32")),
-                                   correct, mask)
+            values += [ops.exp(ops.cast(top.log_probs[..., 0], "float32")), top.ids[..., 0] == labels]
+    return values
+
+
+def fused_statistics(metrics, targets):
+    """What the fused output head computes a chunk at a time for the metrics.
+
+    Args:
+        metrics: the Distiller's fidelity metrics.
+        targets: the batch's `(y, weight)` pairs.
+
+    Returns:
+        `(statistics, labels)`: `_fused_head.fused_head_values`'s
+        `statistics` (`None` without metrics) and `statistic_labels`.
+    """
+    if not metrics:
+        return None, None
+    labels = fidelity_labels(targets)
+
+    def per_chunk(teacher, student, chunk_labels):
+        return fidelity_values(metrics, teacher, student, chunk_labels)
+
+    return (per_chunk, fidelity_value_count(metrics, labels is not None)), labels
+
+
+def measurable_by_chunks(metrics, data):
+    """Whether the fused output head can feed `metrics` for a batch: the
+    labels, when a calibration metric reads them, are token ids `(batch,
+    sequence)` (one-hot labels would be a whole-vocabulary tensor)."""
+    _, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+    labels = None if y is None else fidelity_labels([(y, None)])
+    reads_labels = any(isinstance(m, CalibrationError) for m in metrics)
+    return labels is None or not reads_labels or len(labels.shape) == 2
+
+
+def add_fidelity_values(metrics, values, mask, labelled):
+    """Adds `fidelity_values`'s list to the metrics.
+
+    Args:
+        metrics: the metrics `values` was computed for.
+        values: `fidelity_values`'s list (its tensors may have been
+            computed by chunks and joined).
+        mask: the positions' weights, or `None`.
+        labelled: whether `values` was computed with labels.
+
+    Returns:
+        The names of the metrics left out for want of labels.
+    """
+    values, skipped = list(values), []
+    for metric in metrics:
+        if isinstance(metric, TeacherKL):
+            metric.add_values(values.pop(0), mask)
+        elif not labelled:
+            skipped.append(metric.name)
+        else:
+            metric.add_predictions(values.pop(0), values.pop(0), mask)
     return skipped
 
 
@@ -419,7 +511,8 @@ class TermMeans(keras.metrics.Metric):
 
 
 
-def update_step(distiller, values, x, targets, teacher_outputs, student_outputs, sample_weight, mask):
+def update_step(distiller, values, x, targets, teacher_outputs, student_outputs, sample_weight, mask,
+                measured=None):
     """Feeds one step's values to every tracker of a Distiller; returns the logs.
 
     The loss tracker and the term means take `values` (weighed by the batch
@@ -436,6 +529,9 @@ def update_step(distiller, values, x, targets, teacher_outputs, student_outputs,
             in a fused-head step, which no compiled metric reads).
         sample_weight: the batch's sample weights, or `None`.
         mask: the mask of real tokens, or `None`.
+        measured: `None`, or the fidelity metrics' values computed by the
+            fused output head a chunk at a time: `(values, labelled)`, as
+            `add_fidelity_values` takes them.
 
     Returns:
         `{name: value}` of every metric, without the fidelity metrics that
@@ -449,9 +545,12 @@ def update_step(distiller, values, x, targets, teacher_outputs, student_outputs,
         for y, target_weight in targets:
             compiled_metrics.update_state(
                 y, student_outputs.output, combine_weights(sample_weight, target_weight))
-    unlabelled = update_fidelity(
-        distiller.fidelity_metrics, targets, teacher_outputs.logits, student_outputs.logits, mask,
-        distiller.teacher_weights, distiller._logits_size)  # noqa: SLF001
+    if measured is not None:
+        unlabelled = add_fidelity_values(distiller.fidelity_metrics, measured[0], mask, measured[1])
+    else:
+        unlabelled = update_fidelity(
+            distiller.fidelity_metrics, targets, teacher_outputs.logits, student_outputs.logits, mask,
+            distiller.teacher_weights, distiller._logits_size)  # noqa: SLF001
     results = distiller.get_metrics_result()
     for name in unlabelled:
         results.pop(name, None)

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 import keras_kd
 from keras_kd import _keras_compat, hard_label
+from keras_kd import metrics as fidelity
 from keras_kd.losses import _fused_head
 from tests.test_lm import peak_buffers
 
@@ -20,7 +21,8 @@ RATE = 1e4
 
 def fused_plan_for(distiller, batch):
     """The fused head's plan the Distiller's training step would take for `batch`, or None."""
-    has_metrics = bool(distiller.fidelity_metrics) or _keras_compat.has_compiled_metrics(distiller)
+    has_metrics = (_keras_compat.has_compiled_metrics(distiller)
+                   or not fidelity.measurable_by_chunks(distiller.fidelity_metrics, batch))
     return hard_label.fused_head_for(
         distiller._fused_head_plan, distiller._augment, batch, distiller.loss,
         distiller._hard_label_loss_weights, hard_label.traced_value(distiller.student_loss_weight),
@@ -95,7 +97,7 @@ def sharpened(model, factor=8.0):
 
 
 def one_step(family, fused_head, loss=None, student_loss_weight=0.4, jit_compile=False,
-             batch=None, strategy=None):
+             batch=None, strategy=None, metrics=None):
     """Logs and the gradients of one step: the student's weight change under
     SGD at rate 1e4 (so that the change dwarfs the weights, whose float32
     rounding would otherwise blur it), over -1e4."""
@@ -107,9 +109,9 @@ def one_step(family, fused_head, loss=None, student_loss_weight=0.4, jit_compile
         distiller = keras_kd.Distiller(
             teacher, student, loss or keras_kd.LogitsDistillation(temperature=2.0),
             student_loss_weight=student_loss_weight, fused_head=fused_head)
-        distiller.compile(optimizer=keras.optimizers.SGD(RATE), jit_compile=jit_compile,
+        distiller.compile(optimizer=keras.optimizers.SGD(RATE), jit_compile=jit_compile, metrics=metrics,
                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    assert (distiller._fused_head_plan is not None) == fused_head
+    assert (fused_plan_for(distiller, (x, y, weight)) is not None) == fused_head
     before = [v.numpy().copy() for v in student.trainable_variables]
     logs = distiller.train_on_batch(x, y, weight, return_dict=True)
     return logs, [(b - v.numpy()) / RATE for v, b in zip(student.trainable_variables, before)]
@@ -176,6 +178,37 @@ def test_a_final_dense_uses_the_fused_head_with_a_softmax_for_the_teacher_alone(
     distiller.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy())
     assert distiller._fused_head_plan is not None
     assert fused_plan_for(distiller, batch) is None
+
+
+FIDELITY = ["teacher_kl", "student_ece", "teacher_ece"]
+
+
+@pytest.mark.parametrize("family", ["gemma", "gpt2"])
+def test_fidelity_metrics_are_computed_per_chunk_and_equal_the_unfused_values(family, monkeypatch):
+    monkeypatch.setattr(_fused_head, "CHUNK_ELEMENTS", 5 * VOCABULARY)
+    for weight in (0.4, 0.0):  # the calibration metrics read the labels at weight 0 too
+        fused = one_step(family, True, student_loss_weight=weight, metrics=FIDELITY)
+        assert {"teacher_kl", "student_ece", "teacher_ece"} <= set(fused[0])
+        assert fused[0]["teacher_kl"] > 1e-3 and fused[0]["student_ece"] > 1e-3
+        assert_same_step(fused, one_step(family, False, student_loss_weight=weight, metrics=FIDELITY))
+
+
+def test_fidelity_metrics_without_labels_are_left_out_of_the_fused_steps_logs(monkeypatch):
+    monkeypatch.setattr(_fused_head, "CHUNK_ELEMENTS", 5 * VOCABULARY)
+    x, _, _ = token_batch([1, 3, 6, 8])
+    distiller = keras_kd.Distiller(gpt2(16, 1, "teacher"), gpt2(8, 2, "student"), student_loss_weight=0.0)
+    distiller.compile(optimizer="sgd", metrics=FIDELITY)
+    assert fused_plan_for(distiller, (x,)) is not None
+    logs = distiller.train_on_batch(x, return_dict=True)
+    assert "teacher_kl" in logs and "student_ece" not in logs and "teacher_ece" not in logs
+
+
+def test_one_hot_labels_for_calibration_metrics_take_the_usual_step():
+    x, y, weight = token_batch([1, 3, 6, 8])
+    one_hot = keras.ops.one_hot(y, VOCABULARY)
+    assert fidelity.measurable_by_chunks([fidelity.get("student_ece")], (x, y, weight))
+    assert not fidelity.measurable_by_chunks([fidelity.get("student_ece")], (x, one_hot, weight))
+    assert fidelity.measurable_by_chunks([fidelity.get("teacher_kl")], (x, one_hot, weight))
 
 
 @pytest.mark.slow
@@ -333,7 +366,7 @@ def test_a_teacher_cache_trains_the_student_through_the_fused_head(top_k, monkey
         teacher, student = sharpened(gpt2(16, 1, "teacher")), sharpened(gpt2(8, 2, "student"), 4.0)
         distiller = keras_kd.Distiller(teacher, student, keras_kd.LogitsDistillation(1.0),
                                        student_loss_weight=0.4, fused_head=fused)
-        distiller.compile(optimizer=keras.optimizers.SGD(RATE),
+        distiller.compile(optimizer=keras.optimizers.SGD(RATE), metrics=FIDELITY,
                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         dataset = tf.data.Dataset.from_tensor_slices((x, y, weight)).batch(4)
         batch = next(iter(keras_kd.cache_teacher_outputs(distiller, dataset, top_k=top_k, shuffle=False)))

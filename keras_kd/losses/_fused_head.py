@@ -138,7 +138,8 @@ def _symbolic_outputs(model):
 
 
 def fused_head_values(per_position, teacher_head, student_head, teacher_hidden,
-                      student_hidden, labels=None, teacher_top1=None):
+                      student_hidden, labels=None, teacher_top1=None, statistics=None,
+                      statistic_labels=None):
     """Per-position distillation values, cross-entropy and top-1 agreement,
     a chunk of positions at a time, from the two models' hidden states.
 
@@ -166,11 +167,17 @@ def fused_head_values(per_position, teacher_head, student_head, teacher_hidden,
         labels: `(batch, sequence)` token ids, or `None` (no cross-entropy).
         teacher_top1: `fn(teacher chunk)` -> `(positions,)` the teacher's
             top-1 token ids; by default the argmax of its logits.
+        statistics: `(fn, count)`: `fn(teacher chunk, student logits,
+            label ids or None)` -> a list of `count` `(positions,)`
+            tensors (the fidelity metrics' per-position values), or `None`.
+        statistic_labels: `(batch, sequence)` token ids `statistics`
+            receives a chunk of, or `None`.
 
     Returns:
-        `(values, cross_entropy, agreement)`, `(batch, sequence)` float32
-        each; `cross_entropy` is `None` without `labels`. `agreement` (1.0
-        where the two models' top-1 tokens agree) has no gradient.
+        `(values, cross_entropy, agreement, statistics)`: `(batch,
+        sequence)` float32 each, and a list of them; `cross_entropy` is
+        `None` without `labels`. `agreement` (1.0 where the two models'
+        top-1 tokens agree) and the statistics have no gradient.
     """
     leading = tf.shape(student_hidden)[:2]
     teacher_rows = keras.tree.map_structure(
@@ -181,6 +188,8 @@ def fused_head_values(per_position, teacher_head, student_head, teacher_hidden,
     student_weights = [ops.convert_to_tensor(w) for w in student_head.weights()]
     with_labels = labels is not None
     label_rows = tf.reshape(ops.cast(labels, "int32"), [-1]) if with_labels else None
+    statistic_rows = (None if statistic_labels is None
+                      else tf.reshape(ops.cast(statistic_labels, "int32"), [-1]))
     count = tf.shape(_rows(student_hidden))[0]
     classes = vocabulary(student_head)
     size = tf.minimum(count, max(1, CHUNK_ELEMENTS // classes))
@@ -204,17 +213,30 @@ def fused_head_values(per_position, teacher_head, student_head, teacher_hidden,
                 _chunk(label_rows, start, size), ops.cast(student_logits, "float32")))
         return values, teacher_logits, student_logits
 
+    def chunk_statistics(i, teacher_logits, student_logits):
+        """The chunk's top-1 agreement and `statistics`, float32, no gradient."""
+        teacher_logits = keras.tree.map_structure(ops.stop_gradient, teacher_logits)
+        student_logits = ops.stop_gradient(student_logits)
+        same = ops.cast(ops.cast(teacher_top1(teacher_logits), "int32")
+                        == tf.argmax(student_logits, axis=-1, output_type="int32"), "float32")
+        if statistics is None:
+            return [same]
+        chunk_labels = None if statistic_rows is None else _chunk(statistic_rows, starts[i], size)
+        return [same] + [ops.cast(v, "float32")
+                         for v in statistics[0](teacher_logits, student_logits, chunk_labels)]
+
+    differentiable = 2 if with_labels else 1
+    extra = 1 + (statistics[1] if statistics else 0)
+
     @tf.custom_gradient
     def fused(student_rows, *weights):
-        outputs = 3 if with_labels else 2
-        arrays = tuple(tf.TensorArray(tf.float32, size=chunks) for _ in range(outputs))
+        arrays = tuple(tf.TensorArray(tf.float32, size=chunks) for _ in range(differentiable + extra))
 
         def body(i, arrays):
             values, teacher_logits, student_logits = chunk_values(
                 i, _chunk(student_rows, starts[i], size), weights)
-            same = ops.cast(ops.cast(teacher_top1(teacher_logits), "int32")
-                            == tf.argmax(student_logits, axis=-1, output_type="int32"), "float32")
-            return i + 1, tuple(a.write(i, v) for a, v in zip(arrays, values + [same]))
+            values = values + chunk_statistics(i, teacher_logits, student_logits)
+            return i + 1, tuple(a.write(i, v) for a, v in zip(arrays, values))
 
         # One chunk at a time: TensorFlow would otherwise run up to 10 at once.
         _, arrays = tf.while_loop(lambda i, _: i < chunks, body, (tf.constant(0), arrays),
@@ -225,7 +247,7 @@ def fused_head_values(per_position, teacher_head, student_head, teacher_hidden,
         def gradient(*upstream):
             # Not before the gradient flows in (TensorFlow would otherwise
             # run the loop in the forward pass, beside everything else).
-            upstream = [tf.zeros(leading) if u is None else u for u in upstream[:outputs - 1]]
+            upstream = [tf.zeros(leading) if u is None else u for u in upstream[:differentiable]]
             with tf.control_dependencies(upstream):
                 flat = [tf.reshape(u, [-1]) for u in upstream]
                 hidden_grads = tf.TensorArray(student_rows.dtype, size=chunks)
@@ -252,10 +274,9 @@ def fused_head_values(per_position, teacher_head, student_head, teacher_hidden,
         return results, gradient
 
     results = fused(_rows(student_hidden), *student_weights)
-    values, *rest = results
-    if with_labels:
-        return values, rest[0], ops.stop_gradient(rest[1])
-    return values, None, ops.stop_gradient(rest[0])
+    values, cross_entropy = results[0], results[1] if with_labels else None
+    agreement, *measured = [ops.stop_gradient(r) for r in results[differentiable:]]
+    return values, cross_entropy, agreement, measured
 
 
 def _chunk(tensor, start, size):
