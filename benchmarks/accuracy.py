@@ -54,7 +54,6 @@ import statistics
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 import keras_kd
 from benchmarks import common
@@ -67,6 +66,7 @@ SAME_DATA = "same-data"
 TEACHER_KNOWS_MORE = "teacher-knows-more"
 RECIPES = "recipe candidates"
 LOSS_COMPARISON = "logit losses"
+POOL = "pool, like with like"
 
 ROWS = [
     "teacher (labels, shift + CutMix)",
@@ -92,9 +92,16 @@ KNOWS_MORE_ROWS = [
     "student, 3,600 labels + shift + CutMix",
     "keras.distillation, KLDivergence(), T=4, student_loss_weight=0.5, on the 3,600",
     "keras_kd recipe on the 3,600",
-    "keras_kd recipe on 3,600 labelled + 36,400 unlabelled inputs",
+    "keras_kd recipe (KD, T=1) on 3,600 labelled + 36,400 unlabelled inputs",
     "yardstick: student, labels alone, all 40,000 labelled, same steps",
     "keras_kd, logit standardization T=2 (best loss on validation), on 3,600 labelled + 36,400 unlabelled",
+]
+
+# Table 3: keras.distillation and keras_kd's default on the same pool, same teacher.
+POOL_ROWS = [
+    KNOWS_MORE_ROWS[0],
+    "keras.distillation, LogitsDistillation(T=1, KLDivergence()), teacher only, on the pool",
+    "keras_kd default: logit standardization T=2, no augmentation, teacher only, on the pool",
 ]
 
 # Candidate recipes, chosen between on the validation split
@@ -222,31 +229,13 @@ def same_data_seed(seed, epochs):
 # ------------------------------------------------------------ table 2
 
 
-def _row_keys(x):
-    return {row.tobytes() for row in np.asarray(x, "float32").reshape(len(x), -1)}
-
-
 @functools.lru_cache(maxsize=None)
 def knows_more_data(seed):
     """The teacher's 40,000 labelled samples and the user's 36,400 unlabelled
-    inputs (labels kept only for the yardstick), freshly generated.
-
-    Raises:
-        RuntimeError: if any input occurs in two of: the teacher's data, the
-            unlabelled inputs, the benchmark's 4,000 and its 1,000 test inputs.
-    """
-    teacher_data, _ = datasets.mnist1d(seed=TEACHER_GENERATOR + seed, samples=TEACHER_SAMPLES)
-    unlabelled, _ = datasets.mnist1d(seed=UNLABELLED_GENERATOR + seed, samples=UNLABELLED_SAMPLES)
-    (x, _), (x_val, _), (x_test, _) = benchmark_data(seed)
-    sets = {"teacher's": _row_keys(teacher_data[0]), "unlabelled": _row_keys(unlabelled[0]),
-            "benchmark's": _row_keys(np.concatenate([x, x_val])), "test": _row_keys(x_test)}
-    names = list(sets)
-    for i, first in enumerate(names):
-        for second in names[i + 1:]:
-            shared = len(sets[first] & sets[second])
-            if shared:
-                raise RuntimeError(f"{shared} inputs are both in the {first} and the {second} data.")
-    return teacher_data, unlabelled
+    inputs (labels kept only for the yardstick): `datasets.teacher_knows_more`,
+    which checks that no input is in two of the sets."""
+    data = datasets.teacher_knows_more(seed)
+    return data["teacher"], data["unlabelled"]
 
 
 def steps_per_epoch(seed):
@@ -257,22 +246,13 @@ def steps_per_epoch(seed):
 def train_for_steps(model, x, y, epochs, augmentation, seed):
     """`model` from labels, for `epochs` x 57 steps however many `x` are
     (57 batches of 64: one epoch of the 3,600)."""
-    steps = steps_per_epoch(seed)
-    loss = (demo.hard_label_loss() if augmentation is None
-            else keras.losses.CategoricalCrossentropy(from_logits=True))
-    model.compile(demo.optimizer(epochs, steps * demo.BATCH_SIZE), loss)
-    model.fit(demo.labelled_batches(x, y, augmentation, seed).repeat(), epochs=epochs,
-              steps_per_epoch=steps, verbose=0)
-    return model
+    return demo.train_on_labels(model, x, y, epochs, augmentation, seed, verbose=0,
+                                steps=steps_per_epoch(seed))
 
 
 def distill_for_steps(distiller, x, epochs, seed):
     """Fits a teacher-only `distiller` on the inputs `x` for `epochs` x 57 steps."""
-    steps = steps_per_epoch(seed)
-    inputs = tf.data.Dataset.from_tensor_slices(x).shuffle(len(x), seed=seed)
-    distiller.fit(inputs.batch(demo.BATCH_SIZE).repeat().prefetch(tf.data.AUTOTUNE),
-                  epochs=epochs, steps_per_epoch=steps, verbose=0)
-    return distiller.student
+    return demo.distill_inputs(distiller, x, epochs, steps_per_epoch(seed), seed, verbose=0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -323,12 +303,33 @@ def knows_more_seed(seed, epochs):
     keras.utils.set_random_seed(seed)
     models[KNOWS_MORE_ROWS[2]] = logit_kd("keras.distillation", teacher, epochs, x, y)
     models[KNOWS_MORE_ROWS[3]] = recipe_student(seed, epochs, x, 0)
-    models[KNOWS_MORE_ROWS[4]] = recipe_student(seed, epochs, pool(seed), len(unlabelled))
+    models[KNOWS_MORE_ROWS[4]] = recipe_student(seed, epochs, pool(seed), len(unlabelled),
+                                                RECIPE_CANDIDATES["no augmentation, T=1"])
     models[KNOWS_MORE_ROWS[6]] = recipe_student(seed, epochs, pool(seed), len(unlabelled),
                                                 loss=kd_losses.LogitStandardization())
     keras.utils.set_random_seed(seed)
     models[KNOWS_MORE_ROWS[5]] = train_for_steps(
         demo.student_model(), pool(seed), np.concatenate([y, unlabelled_y]), epochs, None, seed)
+    return {row: (demo.accuracy(m, x_val, y_val), demo.accuracy(m, x_test, y_test))
+            for row, m in models.items()}
+
+
+def keras_distillation_on_pool(seed, epochs):
+    """keras.distillation on the pool with table 2's teacher (`demo.keras_distillation`:
+    teacher only, `LogitsDistillation` at T=1 with `KLDivergence()`)."""
+    teacher = big_teacher(seed, epochs, True)
+    keras.utils.set_random_seed(seed)
+    return distill_for_steps(demo.keras_distillation(teacher, epochs, steps_per_epoch(seed)), pool(seed),
+                             epochs, seed)
+
+
+def pool_seed(seed, epochs):
+    """Table 3 for one seed: `{row: (validation accuracy, test accuracy)}`."""
+    _, (x_val, y_val), (x_test, y_test) = benchmark_data(seed)
+    unlabelled = len(knows_more_data(seed)[1][0])
+    models = {POOL_ROWS[0]: big_teacher(seed, epochs, True),
+              POOL_ROWS[1]: keras_distillation_on_pool(seed, epochs),
+              POOL_ROWS[2]: recipe_student(seed, epochs, pool(seed), unlabelled)}
     return {row: (demo.accuracy(m, x_val, y_val), demo.accuracy(m, x_test, y_test))
             for row, m in models.items()}
 
@@ -376,8 +377,8 @@ def compare_losses(seed, epochs, progress=say, names=None):
 # ------------------------------------------------------------ running, tables
 
 
-SEED_FUNCTIONS = {SAME_DATA: same_data_seed, TEACHER_KNOWS_MORE: knows_more_seed}
-TABLE_ROWS = {SAME_DATA: ROWS, TEACHER_KNOWS_MORE: KNOWS_MORE_ROWS}
+SEED_FUNCTIONS = {SAME_DATA: same_data_seed, TEACHER_KNOWS_MORE: knows_more_seed, POOL: pool_seed}
+TABLE_ROWS = {SAME_DATA: ROWS, TEACHER_KNOWS_MORE: KNOWS_MORE_ROWS, POOL: POOL_ROWS}
 
 
 def run(seeds, epochs, which=SAME_DATA, progress=say):
@@ -424,7 +425,7 @@ def write_section(path, title, text):
                 elif current is not None:
                     sections[current].append(line)
     sections[title] = ["", text.strip(), ""]
-    order = [SAME_DATA, TEACHER_KNOWS_MORE, RECIPES, LOSS_COMPARISON]  # "recipe candidates: ..." too
+    order = [SAME_DATA, TEACHER_KNOWS_MORE, POOL, RECIPES, LOSS_COMPARISON]  # "recipe candidates: ..." too
     titles = sorted(sections, key=lambda t: next(
         (i for i, prefix in enumerate(order) if t.startswith(prefix)), len(order)))
     with open(path, "w") as file:
@@ -437,7 +438,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="how many seeds: 0..N-1")
     parser.add_argument("--epochs", type=int, default=300)
-    parser.add_argument("--table", choices=[SAME_DATA, TEACHER_KNOWS_MORE, "both", "none"], default="both")
+    parser.add_argument("--table", choices=[SAME_DATA, TEACHER_KNOWS_MORE, POOL, "both", "none"],
+                        default="both", help="both: the first two")
     parser.add_argument("--compare-recipes", nargs="*", choices=list(RECIPE_CANDIDATES), default=None,
                         metavar="NAME", help="validation accuracy of each candidate recipe, or of those "
                         f"named (first seed): {', '.join(RECIPE_CANDIDATES)}")

@@ -17,6 +17,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import keras_kd
+from keras_kd import calibration, export
 from keras_kd.app import cli, datasets, demo
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -93,32 +94,67 @@ def test_setup_declares_what_tensorflow_datasets_imports():
     assert setup["metadata"]["version"] == "attr: keras_kd._version.__version__"
 
 
+DEMO_ROWS = ("teacher (2,000 other labelled)", "student, 200 labels", "keras.distillation, pool",
+             "keras_kd, pool", "keras_kd, int8 .tflite", "yardstick: student, 2,200 labelled")
+
+
 @pytest.mark.slow
-def test_quick_demo_prints_the_table_and_writes_its_files(tmp_path, capsys, monkeypatch):
+def test_quick_demo_prints_the_table_verdicts_and_writes_its_files(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "kd_output").mkdir()  # a full demo's files are never touched by --quick
     assert cli.main(["demo", "--quick"]) == 0
     assert not list((tmp_path / "kd_output").iterdir())
     tmp_path = tmp_path / "kd_output_quick"
-    table = capsys.readouterr().out
-    lines = table.splitlines()
-    note = next(i for i, line in enumerate(lines) if "a smoke test of the pipeline, not results" in line)
-    assert lines[note - 1].startswith("student, distilled, int8 .tflite")  # right under the table
-    for row in ("teacher", "student, labels alone", "student, distilled", "student, distilled, int8 .tflite"):
-        assert row in table
-    for column in ("test accuracy", "parameters", "size on disk", "training time"):
-        assert column in table
-    for run in ("teacher", "student_alone", "distilled"):
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("model  "))
+    header = re.split(r"\s{2,}", lines[start])
+    assert header == ["model", "test accuracy", "ECE", "parameters", "size on disk", "latency",
+                      "training time"]
+    table = {}
+    for line in lines[start + 2:start + 2 + len(DEMO_ROWS)]:
+        cells = re.split(r"\s{2,}", line.strip())
+        table[cells[0]] = dict(zip(header, cells))
+    assert tuple(table) == DEMO_ROWS
+    note = lines[start + 2 + len(DEMO_ROWS)]
+    assert "a smoke test of the pipeline, not results" in note  # right under the table
+    for row in table.values():
+        assert float(row["latency"].split()[0]) > 0
+    assert table["keras_kd, int8 .tflite"]["training time"] == "-"
+    assert " -> " in table["keras_kd, pool"]["ECE"]  # before and after calibration
+
+    # The verdicts are computed from the printed accuracies.
+    def accuracy(row):
+        return float(table[row]["test accuracy"].rstrip("%"))
+
+    verdicts = [line for line in lines if line.startswith("keras_kd ") and " points (ties within" in line]
+    against = ("the student from labels", "keras.distillation", "the yardstick")
+    assert len(verdicts) == 3
+    for line, name, row, band in zip(verdicts, against, DEMO_ROWS[1:3] + DEMO_ROWS[5:],
+                                     ("labels", "keras.distillation", "yardstick")):
+        word, points = re.match(rf"keras_kd (BEATS|TIES|LOSES) {name}: ([-+][0-9.]+) points", line).groups()
+        assert abs(float(points) - (accuracy("keras_kd, pool") - accuracy(row))) <= 0.1 + 1e-9
+        assert f"(ties within ±{demo.TIE_BANDS[band]:.1f})" in line
+
+    for run in ("teacher", "student_labels", "keras_distillation", "keras_kd", "yardstick"):
         assert list((tmp_path / "logs" / run / "train").glob("events.out.tfevents.*"))
+    x_test, y_test = datasets.teacher_knows_more(0, 2500, 2500)["test"]
     student = keras.models.load_model(tmp_path / "student.keras")
-    (_, _), (x_test, y_test) = datasets.mnist1d()
-    accuracy = float((student.predict(x_test, verbose=0).argmax(-1) == y_test).mean())
-    assert f"{100 * accuracy:.1f}%" in table  # the table reports the saved file
-    assert (tmp_path / "student.tflite").stat().st_size > 0
+    accuracy_saved = float((student.predict(x_test, verbose=0).argmax(-1) == y_test).mean())
+    assert table["keras_kd, pool"]["test accuracy"] == f"{100 * accuracy_saved:.1f}%"  # the saved file
+    int8 = export.load_predictor(tmp_path / "student.tflite")(x_test)
+    assert table["keras_kd, int8 .tflite"]["test accuracy"] == f"{100 * (int8.argmax(-1) == y_test).mean():.1f}%"
+    # The saved student is the calibrated one: its ECE is the table's "after".
+    ece = calibration.expected_calibration_error(demo.probabilities(student, x_test), y_test)
+    assert table["keras_kd, pool"]["ECE"].endswith(f"-> {100 * ece:.1f}%")
     assert (tmp_path / "report.html").stat().st_size > 0  # its content: tests/test_report.py
     # Same architecture, same size: no optimizer state in the saved files.
-    sizes = [(tmp_path / f).stat().st_size for f in ("student.keras", "student_alone.keras")]
+    sizes = [(tmp_path / f).stat().st_size for f in ("student.keras", "student_labels.keras")]
     assert abs(sizes[0] - sizes[1]) < 0.02 * sizes[0]
+
+
+def test_no_calibration_is_the_classification_demo_option(capsys):
+    assert cli.main(["demo", "lm", "--no-calibration"]) == 2
+    assert "--no-calibration is the classification demo's" in capsys.readouterr().err
 
 
 def test_distill_with_features_cache_logs_and_int8_export(models, tmp_path, capsys):
@@ -539,7 +575,8 @@ def test_demo_replaces_its_files_only_with_force(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="already holds student.keras, which are not replaced silently"):
         demo.run(output=str(tmp_path), quick=True)
     assert (tmp_path / "student.keras").read_bytes() == b"the user's student"
-    monkeypatch.setattr(demo.datasets, "mnist1d", lambda: (_ for _ in ()).throw(RuntimeError("training started")))
+    monkeypatch.setattr(demo.datasets, "teacher_knows_more",
+                        lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("training started")))
     with pytest.raises(RuntimeError, match="training started"):  # with --force the check lets it through
         cli.main(["--traceback", "demo", "--quick", "--output", str(tmp_path), "--force"])
 

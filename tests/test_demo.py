@@ -9,10 +9,12 @@ from keras_kd.losses.logits import LogitsDistillation
 
 
 def test_recipe_keeps_augmentation_while_inputs_are_scarce_and_drops_it_when_plentiful():
-    assert demo.recipe_settings(3600) == {"augmentation": "shift + CutMix", "temperature": 1.0}
+    assert demo.recipe_settings(3600) == {"augmentation": "shift + CutMix", "temperature": 1.0,
+                                          "standardize": False}
     few = demo.PLENTIFUL_INPUTS * 3600 - 1
     assert demo.recipe_settings(3600, few)["augmentation"] == "shift + CutMix"
-    assert demo.recipe_settings(3600, 36_400) == {"augmentation": "none", "temperature": 1.0}
+    assert demo.recipe_settings(3600, 36_400) == {"augmentation": "none", "temperature": 2.0,
+                                                  "standardize": True}
 
 
 def test_recipe_augmentation_kinds():
@@ -25,9 +27,10 @@ def test_recipe_augmentation_kinds():
 
 def test_distiller_recipe_takes_augmentation_and_temperature():
     distiller = demo.distiller_recipe(demo.teacher_model(), demo.student_model(), 1, 64,
-                                      augmentation="none", temperature=2.0)
+                                      augmentation="none", temperature=2.0, standardize=True)
     assert distiller.augmentation is None
     assert float(distiller.distillation_losses[0].temperature) == 2.0
+    assert distiller.distillation_losses[0].standardize
 
 
 def test_distiller_recipe_adds_the_given_feature_losses_after_its_logit_loss():

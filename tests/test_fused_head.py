@@ -297,7 +297,7 @@ def test_the_fused_step_holds_no_batch_by_sequence_by_vocabulary_tensor(monkeypa
     def step():
         with tf.GradientTape() as tape:
             tape.watch(inputs[1])
-            values, cross_entropy, _ = _fused_head.fused_head_values(
+            values, cross_entropy, _, _ = _fused_head.fused_head_values(
                 lambda t, s: loss.per_position(loss._terms, t, s), *heads, *inputs, labels)
             total = tf.reduce_mean(values) + tf.reduce_mean(cross_entropy)
         gradients = tape.gradient(total, [inputs[1], *heads[1].layer.trainable_variables])

@@ -1,6 +1,7 @@
 """report.html of the demo: calibration and agreement by hand, and the quick demo's file."""
 
 import base64
+import html
 import html.parser
 import io
 import re
@@ -87,9 +88,9 @@ def printed_table(output):
 @pytest.mark.slow
 def test_quick_demo_writes_one_self_contained_report(tmp_path, capsys):
     output = tmp_path / "out"
-    demo.run(output=str(output), quick=True, epochs=1)
+    rows, summary = demo.run(output=str(output), quick=True, epochs=1)
     table = printed_table(capsys.readouterr().out)
-    assert len(table) == 5 and table[0][0] == "model"
+    assert len(table) == 7 == len(rows) + 1 and table[0][0] == "model"
 
     text = (output / "report.html").read_text(encoding="utf-8")
     page = _Page()
@@ -104,10 +105,13 @@ def test_quick_demo_writes_one_self_contained_report(tmp_path, capsys):
     assert "<script" not in text and "href=" not in text
     assert len(re.findall(r'src="', text)) == len(re.findall(r'src="data:image/png;base64,', text))
     assert "Quick run" in text  # the smoke-test warning travels with the numbers
+    for line in [*summary["verdicts"], summary["calibration"]]:  # and the verdicts
+        assert f"<p>{html.escape(line)}</p>" in text
 
-    # The reliability section reports the saved teacher's and distilled student's ECE.
-    (_, _), (x_test, y_test) = datasets.mnist1d()
-    for name, file in (("student, distilled", "student.keras"), ("teacher", "teacher.keras")):
+    # The reliability section reports the saved teacher's and calibrated student's ECE.
+    x_test, y_test = datasets.teacher_knows_more(0, 2500, 2500)["test"]
+    for name, file in (("keras_kd, calibrated", "student.keras"), ("teacher", "teacher.keras")):
         model = keras.models.load_model(output / file)
         ece = report.reliability(demo.probabilities(model, x_test), y_test)["ece"]
         assert f"{name} {100 * ece:.2f}%" in text
+    assert "keras_kd, before calibration" in text

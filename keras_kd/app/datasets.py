@@ -136,6 +136,66 @@ def split_validation(x, y, fraction=0.1, seed=0):
     return (x[train], y[train]), (x[val], y[val])
 
 
+TEACHER_GENERATOR = 2000
+"""Generator seed (plus the run's seed) of the teacher's MNIST-1D samples."""
+UNLABELLED_GENERATOR = 3000
+"""Generator seed (plus the run's seed) of the user's unlabelled inputs."""
+TEACHER_SAMPLES = 50_000  # 40,000 train
+UNLABELLED_SAMPLES = 45_500  # 36,400 train
+
+
+def _row_keys(x):
+    return {row.tobytes() for row in np.asarray(x, "float32").reshape(len(x), -1)}
+
+
+def teacher_knows_more(seed=0, teacher_samples=TEACHER_SAMPLES, unlabelled_samples=UNLABELLED_SAMPLES):
+    """MNIST-1D as a user with a pretrained teacher has it.
+
+    The user has the paper's 4,000 training samples (seed 42), of which
+    10% are held out for validation, and its 1,000 test samples; the
+    teacher learned from other labelled samples, and the user has further
+    inputs without labels, both freshly generated (other generator seeds).
+
+    Args:
+        seed: the validation split's seed, also added to the generator
+            seeds of the teacher's and the unlabelled data.
+        teacher_samples: samples generated for the teacher (80% train:
+            40,000 by default).
+        unlabelled_samples: samples generated as unlabelled inputs (80%:
+            36,400 by default).
+
+    Returns:
+        A dict of `(x, y)` pairs: `"labelled"` (3,600), `"validation"`
+        (400), `"test"` (1,000), `"teacher"` (the teacher's 40,000) and
+        `"unlabelled"` (36,400; their labels are for yardsticks only).
+
+    Raises:
+        RuntimeError: if any input occurs in two of the teacher's data, the
+            unlabelled inputs, the user's 4,000 and the test inputs.
+
+    Example:
+
+    ```python
+    data = keras_kd.app.datasets.teacher_knows_more(seed=0)
+    x_pool = np.concatenate([data["labelled"][0], data["unlabelled"][0]])
+    ```
+    """
+    (x, y), test = mnist1d()
+    labelled, validation = split_validation(x, y, fraction=0.1, seed=seed)
+    teacher, _ = mnist1d(seed=TEACHER_GENERATOR + seed, samples=teacher_samples)
+    unlabelled, _ = mnist1d(seed=UNLABELLED_GENERATOR + seed, samples=unlabelled_samples)
+    sets = {"teacher's": _row_keys(teacher[0]), "unlabelled": _row_keys(unlabelled[0]),
+            "user's": _row_keys(x), "test": _row_keys(test[0])}
+    names = list(sets)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            shared = len(sets[first] & sets[second])
+            if shared:
+                raise RuntimeError(f"{shared} inputs are both in the {first} and the {second} data.")
+    return {"labelled": labelled, "validation": validation, "test": test, "teacher": teacher,
+            "unlabelled": unlabelled}
+
+
 def digits(seed=0):
     """scikit-learn's 8x8 digits (shipped with the package, no download).
 

@@ -70,37 +70,43 @@ def png(figure):
 
 
 def accuracy_figure(rows):
-    """Test accuracy against size on disk (log scale), one marker per row.
+    """Test accuracy against size on disk and against latency, one marker per row.
 
     Args:
         rows: dicts with `model` (name), `accuracy` (in [0, 1]),
-            `parameters` and `bytes` (the file's size), as `demo.run`
-            returns them.
+            `parameters`, `bytes` (the file's size) and `latency` (seconds
+            per sample), as `demo.run` returns them.
 
     Returns:
-        A `Figure`.
+        A `Figure` of two panels sharing the accuracy axis.
 
     Example:
 
     ```python
-    accuracy_figure([{"model": "teacher", "accuracy": 0.99, "parameters": 20522, "bytes": 113152}])
+    accuracy_figure([{"model": "teacher", "accuracy": 0.99, "parameters": 20522, "bytes": 113152,
+                      "latency": 0.0011}])
     ```
     """
-    figure = Figure(figsize=(6.4, 4.0))
-    axes = figure.add_subplot()
+    figure = Figure(figsize=(9.6, 5.2), layout="constrained")
+    by_size, by_latency = figure.subplots(1, 2, sharey=True)
     # A legend, not text beside the points: the students share a size and
     # the int8 file an accuracy, so labels beside them would overlap.
-    for row, marker in zip(rows, itertools.cycle("os^Dv")):
-        axes.scatter(row["bytes"] / 1024, 100 * row["accuracy"], s=60, marker=marker, zorder=3,
-                     label=f"{row['model']}: {row['parameters']:,} parameters, "
-                           f"{100 * row['accuracy']:.1f}%")
-    axes.set_xscale("log")
-    axes.margins(x=0.3, y=0.3)
-    axes.legend(loc="best", fontsize=8)
-    axes.set_xlabel("size on disk (KiB, log scale)")
-    axes.set_ylabel("test accuracy (%)")
-    axes.set_title("Accuracy against size")
-    axes.grid(alpha=0.3)
+    for row, marker in zip(rows, itertools.cycle("os^Dvp")):
+        style = dict(s=60, marker=marker, zorder=3)
+        by_size.scatter(row["bytes"] / 1024, 100 * row["accuracy"], **style,
+                        label=f"{row['model']}: {row['parameters']:,} parameters, "
+                              f"{100 * row['accuracy']:.1f}%")
+        by_latency.scatter(1e6 * row["latency"], 100 * row["accuracy"], **style)
+    for axes in (by_size, by_latency):
+        axes.set_xscale("log")
+        axes.margins(x=0.3, y=0.3)
+        axes.grid(alpha=0.3)
+    figure.legend(loc="outside lower center", ncol=2, fontsize=8)
+    by_size.set_xlabel("size on disk (KiB, log scale)")
+    by_size.set_ylabel("test accuracy (%)")
+    by_size.set_title("Accuracy against size")
+    by_latency.set_xlabel("latency per sample, batch 1 (µs, log scale)")
+    by_latency.set_title("Accuracy against latency on this CPU")
     return figure
 
 
@@ -173,19 +179,19 @@ def agreement_figure(agreement):
     axes.set_ylim(0, 108)
     axes.set_xlabel("true class")
     axes.set_ylabel("agreement with the teacher (%)")
-    axes.set_title("Distilled student's top-1 agreement with the teacher, per class")
+    axes.set_title("Student's top-1 agreement with the teacher, per class")
     axes.grid(axis="y", alpha=0.3)
     return figure
 
 
-def html_page(title, table, sections, note=None):
+def html_page(title, table, sections, notes=()):
     """One self-contained HTML page: a table, then captioned PNG figures.
 
     Args:
         title: the page's heading.
         table: `(header, lines)`: column titles and rows of cells (str).
         sections: `(heading, caption, png_bytes)` per figure, in order.
-        note: an optional paragraph under the table.
+        notes: paragraphs under the table.
 
     Returns:
         The page as a string; figures are `data:image/png;base64,` images.
@@ -205,14 +211,13 @@ def html_page(title, table, sections, note=None):
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{e(title)}</title>",
-        "<style>body{font-family:sans-serif;max-width:52em;margin:2em auto}"
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
         "table{border-collapse:collapse}th,td{padding:.2em .8em;border-bottom:1px solid #ccc}"
         "td+td,th+th{text-align:right}img{max-width:100%}</style></head><body>",
         f"<h1>{e(title)}</h1>",
         f"<table>\n<tr>{head}</tr>\n{body}</table>",
     ]
-    if note:
-        parts.append(f"<p>{e(note)}</p>")
+    parts += [f"<p>{e(note)}</p>" for note in notes]
     for heading, caption, data in sections:
         image = base64.b64encode(data).decode("ascii")
         parts += [f"<h2>{e(heading)}</h2>", f"<p>{e(caption)}</p>",
@@ -221,8 +226,7 @@ def html_page(title, table, sections, note=None):
     return "\n".join(parts)
 
 
-def write(path, rows, table, labels, teacher_probabilities, student_probabilities, note=None,
-          force=False):
+def write(path, rows, table, labels, probabilities, student, notes=(), force=False):
     """Writes the demo's `report.html` (atomically; a previous one only with `force`).
 
     Args:
@@ -230,42 +234,43 @@ def write(path, rows, table, labels, teacher_probabilities, student_probabilitie
         rows: the demo's rows (see `accuracy_figure`).
         table: `(header, lines)` of the printed table.
         labels: `(samples,)` test labels.
-        teacher_probabilities: `(samples, classes)` the teacher's test predictions.
-        student_probabilities: `(samples, classes)` the distilled student's.
-        note: an optional paragraph under the table.
+        probabilities: `{name: (samples, classes) test probabilities}`, one
+            reliability curve each; `"teacher"` is required.
+        student: the name in `probabilities` of the student whose agreement
+            with the teacher is drawn.
+        notes: paragraphs under the table (verdicts, methods).
         force: replace an existing file at `path` (else `ValueError`).
 
     Returns:
-        The ECE per model, `{"teacher": ..., "student, distilled": ...}`.
+        The ECE per name of `probabilities`.
 
     Example:
 
     ```python
-    write("kd_output/report.html", rows, (header, lines), y_test, teacher_p, student_p)
+    write("kd_output/report.html", rows, (header, lines), y_test,
+          {"teacher": teacher_p, "student": student_p}, "student")
     ```
     """
-    curves = {
-        "student, distilled": reliability(student_probabilities, labels),
-        "teacher": reliability(teacher_probabilities, labels),
-    }
-    student_top1 = np.argmax(student_probabilities, axis=-1)
-    teacher_top1 = np.argmax(teacher_probabilities, axis=-1)
+    curves = {name: reliability(p, labels) for name, p in probabilities.items()}
+    student_top1 = np.argmax(probabilities[student], axis=-1)
+    teacher_top1 = np.argmax(probabilities["teacher"], axis=-1)
     agreement = per_class_agreement(student_top1, teacher_top1, labels,
-                                    np.shape(teacher_probabilities)[-1])
+                                    np.shape(probabilities["teacher"])[-1])
     overall = float(np.mean(student_top1 == teacher_top1))
     ece = {name: curve["ece"] for name, curve in curves.items()}
     sections = [
-        ("Accuracy against size", "Test accuracy of each model against its file's size on disk; "
-         "the int8 .tflite file holds the distilled student's weights.", png(accuracy_figure(rows))),
+        ("Accuracy against size and latency", "Test accuracy of each model against its file's size "
+         "on disk and its latency per sample at batch 1 on this CPU; the int8 .tflite file holds "
+         "keras_kd's student.", png(accuracy_figure(rows))),
         ("Reliability", f"Accuracy per confidence bin on the test split ({BINS} equal-width bins) "
          f"against the diagonal of perfect calibration. Expected calibration error: "
          + ", ".join(f"{name} {100 * value:.2f}%" for name, value in ece.items()) + ".",
          png(reliability_figure(curves))),
         ("Agreement with the teacher", f"Share of test samples of each true class on which the "
-         f"distilled student's top-1 prediction is the teacher's; {100 * overall:.1f}% overall.",
+         f"top-1 prediction of {student} is the teacher's; {100 * overall:.1f}% overall.",
          png(agreement_figure(agreement))),
     ]
-    page = html_page("keras-kd demo", table, sections, note)
+    page = html_page("keras-kd demo", table, sections, notes)
     with atomic_path(path, force) as partial:
         with open(partial, "w", encoding="utf-8") as file:
             file.write(page)
