@@ -315,8 +315,8 @@ def run(output=None, quick=False, epochs=None, seed=0, force=False, calibration=
 
     Returns:
         The table's rows, one dict per model (`model`, `accuracy`, `ece`,
-        `parameters`, `bytes`, `latency` in seconds, `seconds` of
-        training), and `"verdicts"` and `"calibration"` lines in a second
+        `ece_before` calibration or `None`, `parameters`, `bytes`,
+        `latency` in seconds, `seconds` of training), and `"verdicts"` and `"calibration"` lines in a second
         dict: `(rows, summary)`.
 
     Raises:
@@ -350,12 +350,12 @@ def run(output=None, quick=False, epochs=None, seed=0, force=False, calibration=
         model = train()
         return model, time.perf_counter() - start
 
-    def record(name, model, file_name, seconds, probabilities_=None):
+    def record(name, model, file_name, seconds):
         path = os.path.join(output, file_name)
         save_for_inference(model, path, force)
-        probabilities_ = probabilities(model, x_test) if probabilities_ is None else probabilities_
-        rows.append({"model": name, "accuracy": top1(probabilities_, y_test),
-                     "ece": expected_calibration_error(probabilities_, y_test), "ece_before": None,
+        predicted = probabilities(model, x_test)
+        rows.append({"model": name, "accuracy": top1(predicted, y_test),
+                     "ece": expected_calibration_error(predicted, y_test), "ece_before": None,
                      "parameters": model.count_params(), "bytes": os.path.getsize(path),
                      "latency": compare.keras_latency(model, sample), "seconds": seconds})
         return rows[-1]
@@ -450,9 +450,9 @@ def describe(settings):
         "none augmentation", "no augmentation")
 
 
-def top1(probabilities_, labels):
+def top1(predicted, labels):
     """Top-1 accuracy of predicted probabilities (or logits)."""
-    return float(np.mean(np.argmax(probabilities_, axis=-1) == labels))
+    return float(np.mean(np.argmax(predicted, axis=-1) == labels))
 
 
 def softmax(logits):
