@@ -214,14 +214,17 @@ def test_one_hot_labels_for_calibration_metrics_take_the_usual_step():
 @pytest.mark.slow
 def test_xla(chunked):
     assert_same_step(one_step("llama", True, jit_compile=True), one_step("llama", False))
+    # The fidelity metrics' per-chunk statistics compile too.
+    assert_same_step(one_step("llama", True, jit_compile=True, metrics=FIDELITY),
+                     one_step("llama", False, metrics=FIDELITY))
 
 
 @pytest.mark.slow
 def test_two_replicas_with_uneven_padding_equal_one_device(two_replicas, monkeypatch):
     monkeypatch.setattr(_fused_head, "CHUNK_ELEMENTS", 5 * VOCABULARY)
     batch = token_batch([8, 7, 2, 1])  # replica 0: 15 tokens, replica 1: 3
-    replicated = one_step("gpt2", True, batch=batch, strategy=two_replicas)
-    assert_same_step(replicated, one_step("gpt2", False, batch=batch))
+    replicated = one_step("gpt2", True, batch=batch, strategy=two_replicas, metrics=FIDELITY)
+    assert_same_step(replicated, one_step("gpt2", False, batch=batch, metrics=FIDELITY))
 
 
 @pytest.mark.slow
