@@ -208,25 +208,45 @@ def _foldable_head(model):
     activation = getattr(getattr(head, "activation", None), "__name__", None)
     if type(head) is not keras.layers.Dense or activation not in _FOLDABLE_ACTIVATIONS:
         kind = type(head).__name__ + (f" with activation {activation!r}" if activation else "")
+        why = ("it has no weights to hold T" if not head.weights
+               else "dividing its weights by T would not divide the logits by T")
         raise ValueError(
             f"`calibrate` folds the temperature into the model's last layer, which must be "
             f"a Dense layer with a linear or softmax activation, but '{model.name}' ends in "
-            f"'{head.name}' ({kind}): dividing its weights by T would not divide the logits "
-            f"by T. End the model in a Dense layer that outputs the logits."
+            f"'{head.name}' ({kind}): {why}. End the model in a Dense layer that outputs the "
+            f"logits."
         )
     return head
 
 
 def _logits_and_labels(model, head, validation_data, batch_size):
     if isinstance(validation_data, tf.data.Dataset):
+        spec = keras.tree.flatten(validation_data.element_spec)[0]
+        inputs = getattr(model, "inputs", None)  # a batch has the model inputs' rank
+        if spec.shape.rank is not None and spec.shape.rank < (len(inputs[0].shape) if inputs else 1):
+            raise ValueError(
+                f"`calibrate` reads `validation_data` as a tf.data.Dataset of (x, y) batches, but "
+                f"its elements are {validation_data.element_spec}, with no batch axis. Batch it "
+                f"(`dataset.batch(256)`)."
+            )
         parts = [(x, model.predict_on_batch(x), np.asarray(y)) for x, y in validation_data]
-        probe = parts[0][0] if parts else None
+        if not parts:
+            raise ValueError("`calibrate` received an empty validation data set. Pass held-out "
+                             "samples with labels.")
+        probe = parts[0][0]
         outputs = np.concatenate([o for _, o, _ in parts])
         labels = np.concatenate([y for _, _, y in parts])
     elif isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
         x, labels = validation_data
-        outputs = model.predict(x, batch_size=batch_size, verbose=0)
+        samples = len(keras.tree.flatten(x)[0])
         labels = np.asarray(labels)
+        if samples == 0 or len(labels) != samples:
+            raise ValueError(
+                f"`calibrate` needs one label per validation input, but received {samples} "
+                f"inputs and labels of shape {labels.shape}. Pass `(x, y)` of the same, "
+                f"non-zero, number of samples."
+            )
+        outputs = model.predict(x, batch_size=batch_size, verbose=0)
         probe = keras.tree.map_structure(lambda a: a[:PROBE_SAMPLES], x)
     else:
         raise ValueError(
@@ -238,6 +258,13 @@ def _logits_and_labels(model, head, validation_data, batch_size):
         raise ValueError(
             f"`calibrate` fits one temperature to (samples, classes) outputs, but "
             f"'{model.name}' outputs shape {outputs.shape[1:]} per sample."
+        )
+    bad = ~np.isfinite(outputs).all(axis=-1)
+    if bad.any():
+        raise ValueError(
+            f"'{model.name}' outputs non-finite values (inf or NaN) on {int(bad.sum())} of the "
+            f"{len(outputs)} validation samples (the first at index {int(np.argmax(bad))}), so "
+            f"no temperature can be fitted to them. Remove or repair those inputs."
         )
     classes = outputs.shape[-1]
     if (labels.shape != (len(outputs),) or not np.issubdtype(labels.dtype, np.integer)

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_kd
 from keras_kd import calibration
@@ -121,11 +122,12 @@ def test_heads_that_cannot_hold_a_temperature_are_refused():
     inputs = keras.Input((8,))
     relu_head = keras.Model(inputs, keras.layers.Dense(3, activation="relu", name="head")(inputs), name="m")
     with pytest.raises(ValueError, match=r"must be a Dense layer with a linear or softmax activation, "
-                                         r"but 'm' ends in 'head' \(Dense with activation 'relu'\)"):
+                                         r"but 'm' ends in 'head' \(Dense with activation 'relu'\): "
+                                         r"dividing its weights by T would not divide the logits by T"):
         keras_kd.calibrate(relu_head, blobs(10, 0))
     scaled = keras.Model(inputs, keras.layers.Rescaling(2.0, name="scale")(keras.layers.Dense(3)(inputs)),
                          name="m2")
-    with pytest.raises(ValueError, match=r"but 'm2' ends in 'scale' \(Rescaling\)"):
+    with pytest.raises(ValueError, match=r"but 'm2' ends in 'scale' \(Rescaling\): it has no weights to hold T"):
         keras_kd.calibrate(scaled, blobs(10, 0))
 
 
@@ -165,3 +167,24 @@ def test_a_last_layer_that_does_not_compute_the_output_is_restored_and_refused()
         keras_kd.calibrate(model, (x_val, y_val))
     for a, b in zip(model.get_weights(), before):
         np.testing.assert_array_equal(a, b)
+
+
+def test_non_finite_outputs_empty_or_unbatched_data_and_mismatched_labels_are_refused(trained):
+    x, y = blobs(50, 3)
+    model = scaled_copy(trained, 1.0)
+    before = [w.copy() for w in model.get_weights()]
+    broken = x.copy()
+    broken[40, 0] = np.inf  # past the 64-input probe of the fold check: caught before any fit
+    with pytest.raises(ValueError, match=r"non-finite values \(inf or NaN\) on 1 of the 50 validation "
+                                         r"samples \(the first at index 40\)"):
+        keras_kd.calibrate(model, (broken, y))
+    with pytest.raises(ValueError, match=r"needs one label per validation input, but received 0 inputs"):
+        keras_kd.calibrate(model, (x[:0], y[:0]))
+    with pytest.raises(ValueError, match=r"received 50 inputs and labels of shape \(20,\)"):
+        keras_kd.calibrate(model, (x, y[:20]))
+    with pytest.raises(ValueError, match=r"no batch axis. Batch it \(`dataset.batch\(256\)`\)"):
+        keras_kd.calibrate(model, tf.data.Dataset.from_tensor_slices((x, y)))
+    with pytest.raises(ValueError, match="received an empty validation data set"):
+        keras_kd.calibrate(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(8).take(0))
+    for weight, value in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(weight, value)  # nothing was folded

@@ -226,7 +226,11 @@ BAD_INPUTS = [
     ("learning-rate-nan", ["--learning-rate", "nan"],
      "argument --learning-rate: expected a finite number > 0, received 'nan'"),
     ("learning-rate-0", ["--learning-rate", "0"], "expected a finite number > 0, received '0'"),
+    ("demo-seed-negative", ["demo", "--quick", "--seed", "-1"],
+     "argument --seed: expected a whole number from 0 to 4294967295 (a random seed), received '-1'"),
     ("epochs-0", ["--epochs", "0"], "argument --epochs: expected a whole number >= 1, received '0'"),
+    ("demo-epochs-huge", ["demo", "--quick", "--epochs", "99999999999999999999"],
+     "argument --epochs: expected a whole number below 2**31, received '99999999999999999999'"),
     ("batch-size-0", ["--batch-size", "0"], "argument --batch-size: expected a whole number >= 1"),
     ("batch-size-fraction", ["--batch-size", "2.5"], "expected a whole number >= 1, received '2.5'"),
     ("student-weight-1.5", ["--student-loss-weight", "1.5"],
@@ -579,6 +583,28 @@ def test_demo_replaces_its_files_only_with_force(tmp_path, monkeypatch):
                         lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("training started")))
     with pytest.raises(RuntimeError, match="training started"):  # with --force the check lets it through
         cli.main(["--traceback", "demo", "--quick", "--output", str(tmp_path), "--force"])
+
+
+def test_demo_logs_of_a_previous_run_are_refused_and_replaced_with_force(tmp_path, monkeypatch):
+    old_run = tmp_path / "logs" / "keras_kd" / "train"
+    old_run.mkdir(parents=True)
+    (old_run / "events.out.tfevents.1").write_bytes(b"a previous run's curves")
+    with pytest.raises(ValueError, match="already holds logs, which are not replaced silently"):
+        demo.run(output=str(tmp_path), quick=True)
+    assert (old_run / "events.out.tfevents.1").exists()
+    monkeypatch.setattr(demo.datasets, "teacher_knows_more",
+                        lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("training started")))
+    with pytest.raises(RuntimeError, match="training started"):
+        demo.run(output=str(tmp_path), quick=True, force=True)
+    assert not (tmp_path / "logs").exists()  # TensorBoard shows the new run, not both mixed
+
+
+def test_flags_show_no_default_in_the_help(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    # No "(default: True)" under --no-calibration: it would read as the opposite.
+    assert "(keras_kd.calibrate) --seed SEED random seed (default: 0)" in text
 
 
 def test_export_replaces_an_existing_file_only_with_force(models, tmp_path, capsys):

@@ -44,10 +44,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except `None` (no default)."""
+    """Shows defaults, except `None` (no default) and those of flags."""
 
     def _get_help_string(self, action):
-        if action.default in (None, argparse.SUPPRESS) or action.required:
+        # A flag (no value) says what it does; "(default: True)" under
+        # --no-calibration would read as the opposite.
+        if action.default in (None, argparse.SUPPRESS) or action.required or action.nargs == 0:
             return action.help
         return super()._get_help_string(action)
 
@@ -67,6 +69,24 @@ def count(text):
         value = None
     if value is None or value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, received {text!r}")
+    if value >= 2**31:  # TensorFlow counts steps in int32/int64: fail here, not mid-run
+        raise argparse.ArgumentTypeError(f"expected a whole number below 2**31, received {text!r}")
+    return value
+
+
+def seed(text):
+    """An argparse type: a random seed, a whole number from 0 to 2**32 - 1.
+
+    Raises:
+        argparse.ArgumentTypeError: for anything else.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from 0 to {2**32 - 1} (a random seed), received {text!r}")
     return value
 
 
@@ -157,7 +177,7 @@ def build_parser():
         help="classification only: keep keras_kd's student as trained, without the temperature "
         "fitted on the validation split (keras_kd.calibrate)",
     )
-    demo.add_argument("--seed", type=int, default=0, help="random seed")
+    demo.add_argument("--seed", type=seed, default=0, help="random seed")
     demo.add_argument(
         "--all-rows", action="store_true",
         help="lm only: add keras_kd from top-16 and top-64 teacher caches, from 16- and 64-draw "
@@ -252,7 +272,7 @@ def build_parser():
         help="train the student through simulated int8 LiteRT arithmetic "
         "(keras_kd.quantization_aware); its int8 export needs no calibration data",
     )
-    distill.add_argument("--seed", type=int, default=0, help="random seed")
+    distill.add_argument("--seed", type=seed, default=0, help="random seed")
     return parser
 
 
@@ -280,7 +300,8 @@ def main(argv=None):
                     f"{demo_lm.DEMO_TEACHER_EPOCHS} epochs and every student {demo_lm.STUDENT_EPOCHS} "
                     f"({demo_lm.QUICK_EPOCHS} with --quick)")
             if not args.calibration:
-                raise UsageError("--no-calibration is the classification demo's")
+                raise UsageError("--no-calibration is the classification demo's: `keras-kd demo lm` "
+                                 "calibrates no model. Leave it out.")
             demo_lm.run(output=args.output, quick=args.quick, seed=args.seed, all_rows=args.all_rows,
                         force=args.force)
         elif args.command == "demo":

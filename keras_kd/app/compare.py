@@ -12,7 +12,7 @@ LATENCY_CALLS = 200
 WARMUP_CALLS = 20
 LATENCY_METHOD = (
     f"latency: median of {LATENCY_CALLS} calls on one sample (batch 1) after {WARMUP_CALLS} "
-    f"warm-up calls, this CPU; Keras models through `predict_on_batch`, .tflite files through "
+    f"warm-up calls, this CPU; Keras models through predict_on_batch, .tflite files through "
     f"the LiteRT interpreter (ai-edge-litert)"
 )
 

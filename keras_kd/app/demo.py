@@ -4,6 +4,7 @@ keras_kd and the yardstick side by side, with size, latency, calibration and
 computed verdicts."""
 
 import os
+import shutil
 import time
 
 import keras
@@ -151,6 +152,25 @@ def distill_inputs(distiller, x, epochs, steps, seed=None, callbacks=(), validat
     return distiller.student
 
 
+class Progress(keras.callbacks.Callback):
+    """Prints one line of the logs every `every` epochs and after the last.
+
+    Args:
+        epochs: the run's epochs.
+        every: epochs between lines.
+    """
+
+    def __init__(self, epochs, every):
+        super().__init__()
+        self.epochs, self.every = epochs, every
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every and epoch + 1 != self.epochs:
+            return
+        values = ", ".join(f"{name} {float(value):.4g}" for name, value in sorted((logs or {}).items()))
+        print(f"   epoch {epoch + 1}/{self.epochs}: {values}", flush=True)
+
+
 def keras_distillation(teacher, epochs, steps):
     """keras.distillation's Distiller for inputs without labels: teacher only
     (`student_loss_weight=0`), `LogitsDistillation` at T=1 with
@@ -266,8 +286,9 @@ def recipe_settings(labelled, unlabelled=0):
 
 
 FILES = ("teacher.keras", "student_labels.keras", "student_keras_distillation.keras", "student.keras",
-         "student.tflite", "yardstick.keras", "report.html")
-"""The files `run` writes in its output folder."""
+         "student.tflite", "yardstick.keras", "report.html", "logs")
+"""The files (and the TensorBoard folder) `run` writes in its output folder."""
+PROGRESS_EVERY = 50  # epochs between the progress lines of a full run
 
 QUICK_LABELLED = 200
 QUICK_GENERATED = 2500  # 2,000 train: ten unlabelled inputs per labelled one, as in a full run
@@ -326,6 +347,9 @@ def run(output=None, quick=False, epochs=None, seed=0, force=False, calibration=
     epochs = epochs or (QUICK_EPOCHS if quick else EPOCHS)
     output = output or (QUICK_OUTPUT if quick else OUTPUT)
     check_output_folder(output, FILES, force, "Demo output folder")
+    logs = os.path.join(output, "logs")
+    if os.path.isdir(logs):  # with force: a new run's curves, not appended to the old ones
+        shutil.rmtree(logs)
     sizes = dict(teacher_samples=QUICK_GENERATED, unlabelled_samples=QUICK_GENERATED) if quick else {}
     data = datasets.teacher_knows_more(seed, **sizes)
     x, y = data["labelled"]
@@ -336,12 +360,12 @@ def run(output=None, quick=False, epochs=None, seed=0, force=False, calibration=
     x_pool, y_pool = np.concatenate([x, x_unlabelled]), np.concatenate([y, y_unlabelled])
     steps = -(-len(x) // BATCH_SIZE)
     os.makedirs(output, exist_ok=True)
-    logs = os.path.join(output, "logs")
     sample = compare.as_sample(x_test)
     rows = []
 
     def board(run_name):
-        return keras.callbacks.TensorBoard(os.path.join(logs, run_name))
+        return [keras.callbacks.TensorBoard(os.path.join(logs, run_name)),
+                Progress(epochs, PROGRESS_EVERY if epochs >= PROGRESS_EVERY else 1)]
 
     def trained(title, train):
         print(f"== {title}: {epochs} x {steps} steps", flush=True)
@@ -363,20 +387,20 @@ def run(output=None, quick=False, epochs=None, seed=0, force=False, calibration=
     teacher, seconds = trained(
         f"teacher, from {len(data['teacher'][0]):,} other labelled samples (shift + CutMix)",
         lambda: train_on_labels(teacher_model(), *data["teacher"], epochs, recipe_augmentation(seed),
-                                seed, [board("teacher")], validation, steps=steps))
+                                seed, board("teacher"), validation, verbose=0, steps=steps))
     record(f"teacher ({len(data['teacher'][0]):,} other labelled)", teacher, "teacher.keras", seconds)
 
     alone, seconds = trained(
         f"student from the {len(x):,} labels (shift + CutMix)",
         lambda: train_on_labels(student_model(), x, y, epochs, recipe_augmentation(seed), seed,
-                                [board("student_labels")], validation, steps=steps))
+                                board("student_labels"), validation, verbose=0, steps=steps))
     labels_row = record(f"student, {len(x):,} labels", alone, "student_labels.keras", seconds)
 
     pool_name = f"{len(x):,} labelled + {len(x_unlabelled):,} unlabelled inputs"
     theirs, seconds = trained(
         f"keras.distillation on the {pool_name}",
         lambda: distill_inputs(keras_distillation(teacher, epochs, steps), x_pool, epochs, steps, seed,
-                               [board("keras_distillation")]))
+                               board("keras_distillation"), verbose=0))
     theirs_row = record("keras.distillation, pool", theirs, "student_keras_distillation.keras", seconds)
 
     settings = recipe_settings(len(x), len(x_unlabelled))
@@ -384,7 +408,7 @@ def run(output=None, quick=False, epochs=None, seed=0, force=False, calibration=
         f"keras_kd on the {pool_name} ({describe(settings)})",
         lambda: distill_inputs(distiller_recipe(teacher, student_model(), epochs, steps * BATCH_SIZE,
                                                 seed, **settings),
-                               x_pool, epochs, steps, seed, [board("keras_kd")], validation))
+                               x_pool, epochs, steps, seed, board("keras_kd"), validation, verbose=0))
     before = probabilities(student, x_test)
     calibration_line = "keras_kd's student is not calibrated (--no-calibration)."
     if calibration:
@@ -411,7 +435,7 @@ def run(output=None, quick=False, epochs=None, seed=0, force=False, calibration=
     yardstick, seconds = trained(
         f"yardstick: the student from all {len(x_pool):,} inputs labelled",
         lambda: train_on_labels(student_model(), x_pool, y_pool, epochs, None, seed,
-                                [board("yardstick")], validation, steps=steps))
+                                board("yardstick"), validation, verbose=0, steps=steps))
     yardstick_row = record(f"yardstick: student, {len(x_pool):,} labelled", yardstick, "yardstick.keras",
                            seconds)
 
@@ -423,9 +447,9 @@ def run(output=None, quick=False, epochs=None, seed=0, force=False, calibration=
     notes = [*verdicts, calibration_line, compare.LATENCY_METHOD + ".",
              f"Tie bands: {TIE_BANDS_SOURCE}."]
     if quick:
-        notes.insert(0, f"Quick run ({len(x)} labelled, {len(x_unlabelled)} unlabelled, {epochs} x {steps} "
-                        f"steps): a smoke test of the pipeline, not results. Run `keras-kd demo` without "
-                        f"--quick for the comparison.")
+        notes.insert(0, f"Quick run ({len(x):,} labelled, {len(x_unlabelled):,} unlabelled, {epochs} x "
+                        f"{steps} steps): a smoke test of the pipeline, not results. Run keras-kd demo "
+                        f"without --quick for the comparison.")
     curves = {"teacher": probabilities(teacher, x_test), "keras_kd, before calibration": before}
     if calibration:
         curves["keras_kd, calibrated"] = probabilities(student, x_test)
