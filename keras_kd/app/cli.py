@@ -57,16 +57,21 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 # ------------------------------------------------------- numbers on the command line
 
 
+def _whole_number(text):
+    """`text` as an int, or `None` if it is not a whole number."""
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
 def count(text):
     """An argparse type: a whole number >= 1 (epochs, batch size).
 
     Raises:
         argparse.ArgumentTypeError: for anything else.
     """
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
+    value = _whole_number(text)
     if value is None or value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, received {text!r}")
     if value >= 2**31:  # TensorFlow counts steps in int32/int64: fail here, not mid-run
@@ -80,10 +85,7 @@ def seed(text):
     Raises:
         argparse.ArgumentTypeError: for anything else.
     """
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
+    value = _whole_number(text)
     if value is None or not 0 <= value < 2**32:
         raise argparse.ArgumentTypeError(
             f"expected a whole number from 0 to {2**32 - 1} (a random seed), received {text!r}")
