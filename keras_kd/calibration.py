@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["BINS", "calibrate", "expected_calibration_error", "fit_temperature", "reliability"]
+__all__ = ["BINS", "calibrate", "expected_calibration_error", "fit_temperature", "reliability", "softmax"]
 
 # Temperatures are searched in [1 / MAX_INVERSE, 1 / MIN_INVERSE]: a
 # minimum outside that range means the validation data cannot pin one down.
@@ -99,9 +99,7 @@ def fit_temperature(logits, labels):
     true_logit = z[np.arange(len(z)), labels]
 
     def slope(inverse):
-        scaled = inverse * z
-        p = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
-        p /= p.sum(axis=-1, keepdims=True)
+        p = softmax(inverse * z)
         return float(np.mean((p * z).sum(axis=-1) - true_logit))
 
     low, high = np.log(MIN_INVERSE), np.log(MAX_INVERSE)
@@ -125,6 +123,21 @@ def fit_temperature(logits, labels):
         else:
             high = middle
     return float(1.0 / np.exp((low + high) / 2))
+
+
+def softmax(logits, temperature=1.0):
+    """`softmax(logits / temperature)` over the last axis, in float64 NumPy.
+
+    Args:
+        logits: `(..., classes)` logits.
+        temperature: the softmax temperature.
+
+    Returns:
+        A float64 array of probabilities.
+    """
+    z = np.asarray(logits, np.float64) / temperature
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
 
 
 BINS = 15
@@ -221,9 +234,15 @@ def _foldable_head(model):
 
 def _logits_and_labels(model, head, validation_data, batch_size):
     if isinstance(validation_data, tf.data.Dataset):
-        spec = keras.tree.flatten(validation_data.element_spec)[0]
-        inputs = getattr(model, "inputs", None)  # a batch has the model inputs' rank
-        if spec.shape.rank is not None and spec.shape.rank < (len(inputs[0].shape) if inputs else 1):
+        spec = validation_data.element_spec[0] if isinstance(validation_data.element_spec, tuple) else None
+        # A batch of a one-input model has that input's rank (several inputs:
+        # their order in a dict is not the model's; Keras checks them itself).
+        try:
+            inputs = list(model.inputs or [])
+        except (AttributeError, ValueError):  # a subclassed model: predict_on_batch checks
+            inputs = []
+        if (isinstance(spec, tf.TensorSpec) and len(inputs) == 1 and spec.shape.rank is not None
+                and spec.shape.rank < len(inputs[0].shape)):
             raise ValueError(
                 f"`calibrate` reads `validation_data` as a tf.data.Dataset of (x, y) batches, but "
                 f"its elements are {validation_data.element_spec}, with no batch axis. Batch it "
@@ -290,8 +309,7 @@ def _check_folded(model, head, probe, logits, temperature, weights, originals):
     after = np.asarray(model.predict_on_batch(probe), np.float64)
     expected = logits[:len(after)] / temperature
     if head.activation.__name__ == "softmax":  # compared as probabilities: logs of 0 are clipped
-        expected = np.exp(expected - expected.max(axis=-1, keepdims=True))
-        matches = np.allclose(after, expected / expected.sum(axis=-1, keepdims=True), atol=1e-3)
+        matches = np.allclose(after, softmax(expected), atol=1e-3)
     else:
         matches = np.allclose(after, expected, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(expected).max()))
     if not matches:

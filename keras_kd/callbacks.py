@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from keras_kd import _files
 from keras_kd._validation import as_float, check_temperature
+from keras_kd.calibration import softmax
 
 
 class DistillationScheduler(keras.callbacks.Callback):
@@ -289,8 +290,8 @@ class DistillationHistograms(keras.callbacks.Callback):
                 loss = dict(zip(self.model.term_names, self.model.distillation_losses))[term]
                 if getattr(loss, "expects_logits", False) and getattr(loss, "teacher_layer_name", None) is None:
                     temperature = as_float(getattr(loss, "temperature", 1.0))
-                    tf.summary.histogram(f"{term}/teacher_probabilities", _softmax(teacher, temperature))
-                    tf.summary.histogram(f"{term}/student_probabilities", _softmax(student, temperature))
+                    tf.summary.histogram(f"{term}/teacher_probabilities", softmax(teacher, temperature))
+                    tf.summary.histogram(f"{term}/student_probabilities", softmax(student, temperature))
                 elif teacher.shape == student.shape:
                     tf.summary.histogram(f"{term}/feature_error", np.abs(teacher - student))
                 else:  # e.g. attention or relation losses: shapes need not match
@@ -301,12 +302,6 @@ class DistillationHistograms(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._writer is not None:
             self._writer.close()
-
-
-def _softmax(logits, temperature):
-    z = np.asarray(logits, "float64") / temperature
-    z = z - z.max(axis=-1, keepdims=True)
-    return np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
 
 
 __all__ = [

@@ -64,3 +64,16 @@ def round_trip(obj):
     restored = keras.saving.deserialize_keras_object(json.loads(json.dumps(config)))
     assert keras.saving.serialize_keras_object(restored) == config
     return restored
+
+
+def save_demo_models(folder):
+    """Saves the demo's teacher (one epoch on MNIST-1D) and untrained student
+    as `teacher.keras` and `student.keras` in `folder`."""
+    from keras_kd.app import datasets, demo
+
+    (x, y), _ = datasets.mnist1d()
+    teacher = demo.teacher_model()
+    teacher.compile("adam", demo.hard_label_loss())
+    teacher.fit(x, y, batch_size=256, epochs=1, verbose=0)
+    teacher.save(folder / "teacher.keras")
+    demo.student_model().save(folder / "student.keras")

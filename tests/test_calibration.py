@@ -188,3 +188,19 @@ def test_non_finite_outputs_empty_or_unbatched_data_and_mismatched_labels_are_re
         keras_kd.calibrate(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(8).take(0))
     for weight, value in zip(model.get_weights(), before):
         np.testing.assert_array_equal(weight, value)  # nothing was folded
+
+
+def test_a_batched_dataset_of_a_two_input_model_is_not_taken_for_unbatched():
+    # Inputs of ranks 3 and 2: a dict's order need not be the model's inputs'.
+    a, b = keras.Input((2, 4), name="a"), keras.Input((8,), name="b")
+    joined = keras.layers.Concatenate()([keras.layers.Flatten()(a), b])
+    head = keras.layers.Dense(3, name="logits")
+    model = keras.Model({"a": a, "b": b}, head(joined))
+    kernel = np.zeros((16, 3), "float32")
+    kernel[8:11] = np.eye(3)  # the logits are b's first three features: the class means
+    head.set_weights([kernel, np.zeros(3, "float32")])
+    x, y = blobs(64, 1)
+    inputs = {"a": np.repeat(x[:, None, :4], 2, axis=1), "b": x}
+    dataset = tf.data.Dataset.from_tensor_slices((inputs, y)).batch(16)
+    temperature = keras_kd.calibrate(model, dataset)
+    assert np.isfinite(temperature) and temperature > 0

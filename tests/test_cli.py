@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 import keras_kd
 from keras_kd import calibration, export
 from keras_kd.app import cli, datasets, demo
+from tests.helpers import save_demo_models
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "examples" / "configs").glob("*.json"))
@@ -38,12 +39,7 @@ def models(tmp_path_factory):
     """The demo's teacher (briefly trained) and student, saved."""
     folder = tmp_path_factory.mktemp("models")
     keras.utils.set_random_seed(0)
-    (x, y), _ = datasets.mnist1d()
-    teacher = demo.teacher_model()
-    teacher.compile("adam", demo.hard_label_loss())
-    teacher.fit(x, y, batch_size=256, epochs=1, verbose=0)
-    teacher.save(folder / "teacher.keras")
-    demo.student_model().save(folder / "student.keras")
+    save_demo_models(folder)
     return folder
 
 

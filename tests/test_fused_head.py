@@ -14,8 +14,9 @@ from keras_kd import _keras_compat, hard_label
 from keras_kd import metrics as fidelity
 from keras_kd.losses import _fused_head
 from tests.test_lm import peak_buffers
+from tests.test_lm import token_batch as lm_token_batch
 
-VOCABULARY, LENGTH = 97, 8
+VOCABULARY = 97
 RATE = 1e4
 
 
@@ -76,14 +77,8 @@ FAMILIES = {"gpt2": gpt2, "gemma": gemma, "llama": llama}
 
 
 def token_batch(lengths, seed=0):
-    """A right-padded batch as KerasHub preprocessors lay it out: x, y, sample_weight."""
-    rng = np.random.default_rng(seed)
-    mask = (np.arange(LENGTH)[None, :] < np.asarray(lengths)[:, None]).astype("int32")
-    ids = rng.integers(1, VOCABULARY, size=(len(lengths), LENGTH)).astype("int32") * mask
-    y = np.roll(ids, -1, axis=1) * np.roll(mask, -1, axis=1)
-    weight = np.roll(mask, -1, axis=1).astype("float32")
-    weight[:, -1] = 0.0
-    return {"token_ids": ids, "padding_mask": mask}, y, weight
+    """`tests.test_lm.token_batch` at this module's vocabulary."""
+    return lm_token_batch(lengths, seed, VOCABULARY)
 
 
 def sharpened(model, factor=8.0):

@@ -26,11 +26,11 @@ def causal_lm(hidden, layers, name, vocabulary=VOCABULARY, preprocessor=None, se
     return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=preprocessor, name=name)
 
 
-def token_batch(lengths, seed=0):
+def token_batch(lengths, seed=0, vocabulary=VOCABULARY):
     """A right-padded batch as KerasHub preprocessors lay it out: x, y, sample_weight."""
     rng = np.random.default_rng(seed)
     mask = (np.arange(LENGTH)[None, :] < np.asarray(lengths)[:, None]).astype("int32")
-    ids = rng.integers(1, VOCABULARY, size=(len(lengths), LENGTH)).astype("int32") * mask
+    ids = rng.integers(1, vocabulary, size=(len(lengths), LENGTH)).astype("int32") * mask
     y = np.roll(ids, -1, axis=1) * np.roll(mask, -1, axis=1)
     weight = np.roll(mask, -1, axis=1).astype("float32")
     weight[:, -1] = 0.0

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import keras_kd
 from keras_kd import quantization
-from tests.helpers import dense_classifier, sparse_ce, toy_data
+from tests.helpers import dense_classifier, save_demo_models, sparse_ce, toy_data
 
 
 def small_cnn(name="cnn"):
@@ -292,14 +292,9 @@ def test_export_before_training_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_cli_distills_quantization_aware_and_exports_without_calibration_data(tmp_path, capsys):
-    from keras_kd.app import cli, datasets, demo
+    from keras_kd.app import cli
 
-    (x, y), _ = datasets.mnist1d()
-    teacher = demo.teacher_model()
-    teacher.compile("adam", demo.hard_label_loss())
-    teacher.fit(x, y, batch_size=256, epochs=1, verbose=0)
-    teacher.save(tmp_path / "teacher.keras")
-    demo.student_model().save(tmp_path / "student.keras")
+    save_demo_models(tmp_path)
     code = cli.main([
         "distill", "--teacher", str(tmp_path / "teacher.keras"),
         "--student", str(tmp_path / "student.keras"), "--data", "mnist1d", "--epochs", "1",

@@ -14,7 +14,7 @@ import tensorflow as tf
 from keras_kd import augment, export
 from keras_kd._files import check_output_folder
 from keras_kd.app import compare, datasets, report
-from keras_kd.calibration import calibrate, expected_calibration_error
+from keras_kd.calibration import calibrate, expected_calibration_error, softmax
 from keras_kd.distiller import Distiller
 from keras_kd.export import export_student, save_for_inference
 from keras_kd.losses.logits import LogitsDistillation
@@ -469,9 +469,9 @@ TIE_BANDS_SOURCE = ("the larger standard deviation over seeds 0-2 of the two row
 
 def describe(settings):
     """`recipe_settings`'s options in words, e.g. "no augmentation, logit standardization, T=2"."""
-    loss = "logit standardization" if settings.get("standardize") else "KD"
-    return f"{settings['augmentation']} augmentation, {loss}, T={settings['temperature']:g}".replace(
-        "none augmentation", "no augmentation")
+    loss = "logit standardization" if settings["standardize"] else "KD"
+    augmentation = "no" if settings["augmentation"] == "none" else settings["augmentation"]
+    return f"{augmentation} augmentation, {loss}, T={settings['temperature']:g}"
 
 
 def top1(predicted, labels):
@@ -479,17 +479,9 @@ def top1(predicted, labels):
     return float(np.mean(np.argmax(predicted, axis=-1) == labels))
 
 
-def softmax(logits):
-    """Softmax over the last axis, in float64 NumPy."""
-    logits = np.asarray(logits, np.float64)
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
 def accuracy(model, x, y):
     """Top-1 accuracy of a model's predictions."""
-    predictions = model.predict(x, batch_size=1024, verbose=0)
-    return float((predictions.argmax(axis=-1) == y).mean())
+    return top1(model.predict(x, batch_size=1024, verbose=0), y)
 
 
 def probabilities(model, x):

@@ -214,9 +214,8 @@ def fused_head_values(per_position, teacher_head, student_head, teacher_hidden,
         return values, teacher_logits, student_logits
 
     def chunk_statistics(i, teacher_logits, student_logits):
-        """The chunk's top-1 agreement and `statistics`, float32, no gradient."""
-        teacher_logits = keras.tree.map_structure(ops.stop_gradient, teacher_logits)
-        student_logits = ops.stop_gradient(student_logits)
+        """The chunk's top-1 agreement and `statistics`, float32 (outputs of the
+        forward pass that `gradient` below gives no gradient)."""
         same = ops.cast(ops.cast(teacher_top1(teacher_logits), "int32")
                         == tf.argmax(student_logits, axis=-1, output_type="int32"), "float32")
         if statistics is None:

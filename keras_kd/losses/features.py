@@ -16,6 +16,8 @@ Each loss says what it needs to line up (`alignment`):
   optimized value is the mean over replicas of the per-replica values.
 """
 
+import importlib
+
 import keras
 from keras import ops
 
@@ -596,15 +598,10 @@ class FeatureDistillation(DistillationLoss):
 
 
 
-def _feature_losses():
-    from keras_kd import losses
-
-    return losses.FEATURE_LOSSES
-
-
 __getattr__ = _validation.moved_attributes(__name__, {"FEATURE_LOSSES": (
     "keras_kd.losses.features.FEATURE_LOSSES is deprecated; use keras_kd.losses.FEATURE_LOSSES "
-    "(name -> class, read from keras_kd.losses.LOSSES).", _feature_losses)})
+    "(name -> class, read from keras_kd.losses.LOSSES).",
+    lambda: importlib.import_module("keras_kd.losses").FEATURE_LOSSES)})
 
 __all__ = [
     "PKT",

@@ -11,6 +11,7 @@ constructor and its `call` (see `_OwnDivergence`); the math lives in
 `keras_kd.losses._fused_kl`.
 """
 
+import importlib
 import numbers
 import warnings
 
@@ -879,15 +880,10 @@ def _output_shapes(model):
 
 
 
-def _logit_losses():
-    from keras_kd import losses
-
-    return losses.LOGIT_LOSSES
-
-
 __getattr__ = _validation.moved_attributes(__name__, {"LOGIT_LOSSES": (
     "keras_kd.losses.logits.LOGIT_LOSSES is deprecated; use keras_kd.losses.LOGIT_LOSSES "
-    "(name -> class, read from keras_kd.losses.LOSSES).", _logit_losses)})
+    "(name -> class, read from keras_kd.losses.LOSSES).",
+    lambda: importlib.import_module("keras_kd.losses").LOGIT_LOSSES)})
 
 __all__ = [
     "DIST",
